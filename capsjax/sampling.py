@@ -1,0 +1,109 @@
+"""Markov chains in the routed model: Gibbs with routing, and its MH correction.
+
+Blackjax's shape: a `ChainState` NamedTuple, `init(params, v, ...)`, and
+kernels `step(key, state, params, ...) -> (state, ChainInfo)`. Nothing is
+jitted here; the caller jits (the keyword options are static).
+
+* `gibbs_step`: the paper's alternation (MODEL.md section 5): h ~ p(h|v;c),
+  v' ~ p(v|h;c), then c' = c(v') if `reroute` else c. It does not leave the
+  routed model p(v) of section 4 invariant when routing is on.
+* `mh_step`: the same proposal, corrected by Metropolis-Hastings (section 6)
+  so that the routed model's joint `exp(-E(v, h; c(v)))` is invariant.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from capsjax import energies
+from capsjax import routing
+from capsjax import validation
+
+
+class ChainState(NamedTuple):
+  v: jax.Array             # (..., Nv, Dv): the visible state (a sample)
+  coefficients: jax.Array  # (..., Nv, Nh): the c used for the next step
+
+
+class ChainInfo(NamedTuple):
+  hidden: jax.Array           # (..., Nh, Dh): the h drawn in this step
+  visible_mean: jax.Array     # (..., Nv, Dv): mean of the proposal p(v|h;c)
+  acceptance_rate: jax.Array  # (...,): MH acceptance probability (1 for Gibbs)
+  is_accepted: jax.Array      # (...,): bool
+
+
+def init(params, v: jax.Array, num_iterations: int, **route_kwargs
+         ) -> ChainState:
+  """A chain at `v` with its routing coefficients c(v)."""
+  return ChainState(v, routing.route_visible(params, v, num_iterations,
+                                             **route_kwargs))
+
+
+def gibbs_step(key, state: ChainState, params, *, num_iterations: int,
+               reroute: bool = True, visible: str = "bernoulli"
+               ) -> tuple[ChainState, ChainInfo]:
+  """One step of the paper's alternation (uncorrected)."""
+  key_h, key_v = jax.random.split(key)
+  h, _ = energies.sample_hidden(key_h, params, state.v, state.coefficients)
+  v, mean = energies.sample_visible(key_v, params, h, state.coefficients,
+                                      visible=visible)
+  if reroute:
+    c = routing.route_visible(params, v, num_iterations)
+  else:
+    c = jnp.broadcast_to(state.coefficients, v.shape[:-2] + state.coefficients.shape[-2:])
+  ones = jnp.ones(v.shape[:-2], v.dtype)
+  return ChainState(v, c), ChainInfo(h, mean, ones, ones.astype(bool))
+
+
+def mh_log_ratio(params, v, v_new, h, c, c_new, *, visible="bernoulli"):
+  """log of the MH acceptance ratio of MODEL.md section 6, shape (...,)."""
+  def e(v_, c_):
+    return energies.energy(params, v_, h, c_, visible=visible)
+  def log_z(c_):
+    return energies.log_partition_given_hidden(params, h, c_, visible=visible)
+  return (-e(v_new, c_new) - e(v, c_new) + e(v, c) + e(v_new, c)
+          + log_z(c) - log_z(c_new))
+
+
+def mh_step(key, state: ChainState, params, *, num_iterations: int,
+            visible: str = "bernoulli") -> tuple[ChainState, ChainInfo]:
+  """One Gibbs h-step and one MH-corrected v-step; exact for the routed model.
+
+  `state.coefficients` must be c(state.v) (as `init` makes it).
+  """
+  key_h, key_v, key_u = jax.random.split(key, 3)
+  v, c = state
+  h, _ = energies.sample_hidden(key_h, params, v, c)
+  proposal, mean = energies.sample_visible(key_v, params, h, c,
+                                             visible=visible)
+  c_new = routing.route_visible(params, proposal, num_iterations)
+  log_ratio = mh_log_ratio(params, v, proposal, h, c, c_new, visible=visible)
+  acceptance = jnp.exp(jnp.minimum(log_ratio, 0.0))
+  # log u < log_ratio, not u < acceptance: exact also when the ratio overflows.
+  accept = jnp.log(jax.random.uniform(key_u, log_ratio.shape,
+                                      log_ratio.dtype)) < log_ratio
+  v = jnp.where(accept[..., None, None], proposal, v)
+  c = jnp.where(accept[..., None, None], c_new, c)
+  return ChainState(v, c), ChainInfo(h, mean, acceptance, accept)
+
+
+def run(key, state: ChainState, params, num_steps: int, *, num_iterations: int,
+        mh: bool = False, reroute: bool = True, visible: str = "bernoulli"
+        ) -> tuple[ChainState, ChainInfo]:
+  """`num_steps` steps under `lax.scan`; returns the last state and all infos.
+
+  The infos are stacked along a new leading axis of length `num_steps`.
+  """
+  num_steps = validation.positive_int("num_steps", num_steps)
+  if mh:
+    step = lambda k, s: mh_step(k, s, params, num_iterations=num_iterations,
+                                visible=visible)
+  else:
+    step = lambda k, s: gibbs_step(k, s, params, num_iterations=num_iterations,
+                                   reroute=reroute, visible=visible)
+  def body(s, k):
+    return step(k, s)
+  return jax.lax.scan(body, state, jax.random.split(key, num_steps))

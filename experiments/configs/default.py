@@ -1,0 +1,59 @@
+r"""The default run: the embedded MNIST subset, offline, a few minutes on 2 CPUs.
+
+Command:
+
+  python -m experiments.train --config=experiments/configs/default.py \
+      --workdir=/tmp/capsjax_default
+
+Trains 49 capsules of 4x4 pixels -> 16 capsules of 16 neurons with 3 routing
+iterations on the 5,000 embedded training digits (stochastically binarized),
+CD-1 with the paper's alternation. Expected: see README.md.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  # Data.
+  config.dataset = "mnist_small"
+  config.data_dir = ""         # TFDS data dir; "" = ~/tensorflow_datasets
+  config.data_manual_dir = ""  # folder with raw IDX files (mnist offline)
+  config.binarize = "stochastic"  # re-drawn each time a batch is used
+  # Model.
+  config.patch_size = 4        # capsules of patch_size^2 pixels
+  config.num_hidden_capsules = 16
+  config.hidden_dim = 16
+  config.num_iterations = 3    # 1 = the no-routing ablation
+  config.visible = "bernoulli"
+  config.init_scale = 0.01     # std of the effective weights at init
+  # "num_hidden_capsules": optimize W / Nh (MODEL.md section 5), so the
+  # effective weights c W start and move like an RBM's.
+  config.weight_scale = "num_hidden_capsules"
+  # Contrastive divergence.
+  config.k = 1
+  config.persistent = False
+  config.mh = False
+  config.reroute = True
+  config.through_routing = False
+  config.mean_field_negative = False
+  # Optimizer.
+  config.optimizer = "sgd"
+  config.learning_rate = 0.05
+  config.momentum_initial = 0.5
+  config.momentum_final = 0.9
+  config.momentum_switch_step = 250
+  config.weight_decay = 2e-4
+  config.batch_size = 100
+  config.num_steps = 2_000     # total number of CD updates
+  config.seed = 0
+  # Bookkeeping.
+  config.log_every_steps = 100
+  config.eval_every_steps = 500
+  config.sample_every_steps = 1_000
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.num_eval_examples = 1_000
+  config.num_samples = 100
+  config.sample_steps = 1_000
+  return config

@@ -1,0 +1,23 @@
+r"""Binarized MNIST, 49 pixel-patch capsules of 4x4 -> 32 capsules of 16.
+
+Command (needs the four raw MNIST IDX .gz files, or internet access):
+
+  python -m experiments.train --config=experiments/configs/mnist.py \
+      --workdir=/tmp/capsjax_mnist --config.data_manual_dir=../shared/data/mnist
+
+Expected: see the results table in README.md (about 12 minutes per 10,000
+steps on 2 CPU cores).
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "mnist"
+  config.num_steps = 18_000  # 30 epochs of 60,000 at batch 100
+  config.momentum_switch_step = 3_000
+  config.checkpoint_every_steps = 1_000
+  config.eval_every_steps = 2_000
+  config.sample_every_steps = 6_000
+  return config
