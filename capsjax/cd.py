@@ -62,7 +62,8 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
     through_routing: differentiate `F(v; c(v; theta))` through the routing
       (MODEL.md section 5); pair it with `mh=True`.
     chain: a persistent chain (PCD) to continue instead of starting at `v`;
-      its state after k steps is returned in `info.chain`.
+      its state after k steps is returned in `info.chain`. Only `chain.v`
+      is read: the chain is rerouted under the current parameters.
     mean_field_negative: use the last step's mean `p(v | h; c)` (rerouted)
       instead of its sample for the negative statistics. Not with `mh`.
     visible: "bernoulli" or "gaussian".
@@ -82,20 +83,16 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
     validation.coefficients(params, chain.coefficients, "chain.coefficients")
 
   c_data = jax.lax.stop_gradient(routing.route_visible(params, v, r))
-  if chain is None:
-    start = sampling.init(params, v, r)
-  elif mh or reroute:
-    # The chain's c was routed under the previous parameters: route it anew
-    # (MH needs c = c(v) under the current ones).
-    start = sampling.init(params, chain.v, r)
-  else:
-    start = chain
-  start = jax.lax.stop_gradient(start)
+  # A persistent chain's c was routed under the previous parameters: route
+  # it anew (MH needs c = c(v); without `reroute`, c is then fixed for the
+  # k steps of this update, as it is for chains started at the data).
+  start = jax.lax.stop_gradient(
+      sampling.init(params, v if chain is None else chain.v, r))
   end, infos = sampling.run(key, start, params, k, num_iterations=r, mh=mh,
                             reroute=reroute, visible=visible)
   v_neg, c_neg = end
   if mean_field_negative:
-    v_neg = infos.visible_mean[-1]
+    v_neg = infos.last.visible_mean
     c_neg = (routing.route_visible(params, v_neg, r) if reroute
              else end.coefficients)
   v_neg, c_neg = jax.lax.stop_gradient((v_neg, c_neg))
@@ -112,9 +109,7 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
     gap = f_pos - f_neg
 
   # One deterministic up-down pass from the data, whatever the chain mode.
-  recon = energies.visible_probs(
-      params, energies.hidden_probs(params, v, c_data), c_data,
-      visible=visible)
+  recon = energies.reconstruct(params, v, c_data, visible=visible)
   info = CDInfo(
       chain=end,
       reconstruction_error=jnp.mean(jnp.square(v - recon)),
@@ -142,19 +137,32 @@ def momentum_schedule(initial: float = 0.5, final: float = 0.9,
   return lambda count: jnp.where(count < switch_step, initial, final)
 
 
+def _decay_weights(weight_decay: float) -> optax.GradientTransformation:
+  """L2 weight decay on W only (Hinton's guide: not on the biases)."""
+  return optax.add_decayed_weights(
+      weight_decay, mask=lambda params: {key: key == "W" for key in params})
+
+
 def sgd(learning_rate, *, momentum=0.0, weight_decay: float = 0.0,
         ) -> optax.GradientTransformation:
   """SGD with (scheduled) momentum and L2 weight decay on W only.
 
   `learning_rate` and `momentum` may be floats or optax schedules, e.g.
-  `momentum=momentum_schedule(0.5, 0.9, 5 * steps_per_epoch)`.
+  `momentum=momentum_schedule(0.5, 0.9, 5 * steps_per_epoch)`; both are
+  visible in the state as `opt_state[-1].hyperparams`.
   """
-  decay_mask = lambda params: {key: key == "W" for key in params}
   return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      _decay_weights(weight_decay),
       optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate,
-                                          momentum=momentum),
-  )
+                                          momentum=momentum))
+
+
+def adam(learning_rate, *, weight_decay: float = 0.0
+         ) -> optax.GradientTransformation:
+  """Adam with L2 weight decay on W only (added to the CD gradient)."""
+  return optax.chain(
+      _decay_weights(weight_decay),
+      optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate))
 
 
 def _scale_weights(params, factor):

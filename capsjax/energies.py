@@ -80,6 +80,12 @@ def visible_probs(params, h: jax.Array, c: jax.Array, *,
   return pre
 
 
+def reconstruct(params, v: jax.Array, c: jax.Array, *,
+                visible: str = "bernoulli") -> jax.Array:
+  """One deterministic up-down pass: `visible_probs(hidden_probs(v; c); c)`."""
+  return visible_probs(params, hidden_probs(params, v, c), c, visible=visible)
+
+
 def log_partition_given_hidden(params, h: jax.Array, c: jax.Array, *,
                                visible: str = "bernoulli") -> jax.Array:
   """`log Z_h(c) = log sum_v exp(-E(v, h; c))`, shape (...,).

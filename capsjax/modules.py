@@ -88,9 +88,7 @@ class CapsulePoE(nnx.Module):
 
   def reconstruct(self, v) -> jax.Array:
     """One deterministic up-down pass with the data's coefficients."""
-    c = self.coefficients(v)
-    p = self.params()
-    return energies.visible_probs(p, energies.hidden_probs(p, v, c), c,
+    return energies.reconstruct(self.params(), v, self.coefficients(v),
                                 visible=self.visible)
 
   def __call__(self, v) -> jax.Array:

@@ -19,9 +19,15 @@ SQUASH_EPS = 1e-12
 
 
 def squash(s: jax.Array, axis: int = -1) -> jax.Array:
-  """`|s|^2 / (1 + |s|^2) * s / |s|` over `axis`, finite (with gradient) at 0."""
-  norm_sq = jnp.sum(jnp.square(s), axis=axis, keepdims=True)
-  return s * (norm_sq / (1.0 + norm_sq)) * lax.rsqrt(norm_sq + SQUASH_EPS)
+  """`|s|^2 / (1 + |s|^2) * s / |s|` over `axis`, finite (with gradient) at 0.
+
+  Half-precision inputs are computed in float32 (the epsilon and the
+  gradient of the norm at 0 do not fit in float16) and cast back.
+  """
+  x = s.astype(jnp.promote_types(s.dtype, jnp.float32))
+  norm_sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  out = x * (norm_sq / (1.0 + norm_sq)) * lax.rsqrt(norm_sq + SQUASH_EPS)
+  return out.astype(s.dtype)
 
 
 def predictions(params, v: jax.Array) -> jax.Array:

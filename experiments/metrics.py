@@ -5,11 +5,21 @@ tensorboardX writes the same event files without it.
 """
 
 import json
+import logging as std_logging
 import os
 
 from absl import logging
 import numpy as np
 import tensorboardX
+
+
+def _not_orbax_info(record) -> bool:
+  return "/orbax/" not in record.pathname or record.levelno >= std_logging.WARNING
+
+
+def quiet_orbax_logging() -> None:
+  """Orbax logs every checkpoint step at INFO; keep only its warnings."""
+  logging.get_absl_handler().addFilter(_not_orbax_info)
 
 
 class MetricWriter:

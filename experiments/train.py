@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from capsjax import data
+from experiments import metrics
 from experiments import train_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
@@ -22,6 +23,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metrics.quiet_orbax_logging()
   try:
     train_lib.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
   except (train_lib.ConfigError, data.DatasetNotFoundError) as e:

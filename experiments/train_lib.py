@@ -21,16 +21,21 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from flax import nnx
+
 import capsjax
 from capsjax import data as data_lib
 from experiments import images
 from experiments import metrics as metrics_lib
 
 IMAGE_SIZE = 28
-# Config fields that fix the shapes in a checkpoint; a workdir written with
-# other values cannot be resumed.
-SHAPE_FIELDS = ("dataset", "patch_size", "num_hidden_capsules", "hidden_dim",
-                "visible", "optimizer", "persistent", "batch_size")
+# The only config fields that may change when a workdir is resumed: the
+# length of the run and its bookkeeping. Anything else would silently mix
+# two trainings (other shapes, another data order, another optimizer).
+RESUMABLE_FIELDS = ("num_steps", "log_every_steps", "eval_every_steps",
+                    "sample_every_steps", "checkpoint_every_steps",
+                    "keep_checkpoints", "num_eval_examples", "num_samples",
+                    "sample_steps", "data_dir", "data_manual_dir")
 
 
 # ---------------------------------------------------------------------------
@@ -50,8 +55,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("dataset", f"unknown dataset; known: {', '.join(data_lib.DATASETS)}")
   if config.binarize not in data_lib.BINARIZE_MODES:
     fail("binarize", f"must be one of {data_lib.BINARIZE_MODES}")
-  if config.visible not in capsjax.validation.VISIBLE_TYPES:
-    fail("visible", f"must be one of {capsjax.validation.VISIBLE_TYPES}")
   if config.optimizer not in ("sgd", "adam"):
     fail("optimizer", "must be 'sgd' or 'adam'")
   for field in ("patch_size", "num_hidden_capsules", "hidden_dim",
@@ -78,7 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("weight_scale", "must be 'none' or 'num_hidden_capsules'")
   if config.mh and config.mean_field_negative:
     fail("mean_field_negative", "cannot be combined with config.mh")
-  if config.visible == "gaussian":
+  if config.visible != "bernoulli":
     fail("visible", "the runner trains on binarized images: use 'bernoulli'")
 
 
@@ -100,10 +103,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
                                          config.momentum_switch_step)
     return capsjax.sgd(config.learning_rate, momentum=momentum,
                        weight_decay=config.weight_decay)
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay,
-                                mask=lambda p: {k: k == "W" for k in p}),
-      optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate))
+  return capsjax.adam(config.learning_rate, weight_decay=config.weight_decay)
 
 
 def cd_options(config) -> dict:
@@ -162,29 +162,30 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _keys(config):
-  init, train, binarize, evaluate, sample = jax.random.split(
-      jax.random.key(config.seed), 5)
-  return dict(init=init, train=train, binarize=binarize, evaluate=evaluate,
-              sample=sample)
+  """One independent stream per use, all from `config.seed`."""
+  names = ("init", "chains", "train", "binarize", "eval_train", "eval_test",
+           "sample", "pll")
+  return dict(zip(names, jax.random.split(jax.random.key(config.seed),
+                                          len(names))))
 
 
 def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
   nv, dv, nh, dh = shapes(config)
   keys = _keys(config)
-  marginals = data_lib.images_to_capsules(train_grey.mean(0), config.patch_size)
   scale = weight_scale(config)
-  params = {
-      "W": config.init_scale * scale * jax.random.normal(
-          keys["init"], (nv, nh, dh, dv)),
-      "a": capsjax.modules.visible_bias_from_data(marginals[None]),
-      "b": jnp.zeros((nh, dh)),
-  }
+  marginals = data_lib.images_to_capsules(train_grey.mean(0), config.patch_size)
+  # `config.init_scale` is the std of the effective weights W / scale.
+  model = capsjax.CapsulePoE(
+      nv, dv, nh, dh, rngs=nnx.Rngs(params=keys["init"]),
+      num_iterations=config.num_iterations,
+      init_scale=config.init_scale * scale, data=marginals[None])
   chains = None
   if config.persistent:
     # PCD chains start at binarized training images.
     chains = to_capsules(config, train_grey[:config.batch_size],
-                         keys["init"])
-  return capsjax.init_train_state(params, optimizer, persistent_chains=chains,
+                         keys["chains"])
+  return capsjax.init_train_state(model.params(), optimizer,
+                                  persistent_chains=chains,
                                   num_iterations=config.num_iterations,
                                   weight_scale=scale)
 
@@ -206,18 +207,19 @@ def checkpoint_manager(config, workdir: str) -> ocp.CheckpointManager:
 
 
 def check_workdir_config(config, workdir: str) -> None:
-  """Records the config in the workdir, or checks it against the recorded one."""
+  """Records the config in a new workdir, or checks it against the record."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    diffs = [f"{k}: {saved.get(k)!r} in the workdir, {config[k]!r} now"
-             for k in SHAPE_FIELDS if saved.get(k) != config[k]]
+    diffs = [f"{k}: {saved.get(k)!r} in the workdir, {v!r} now"
+             for k, v in config.items()
+             if k not in RESUMABLE_FIELDS and saved.get(k) != v]
     if diffs:
       raise ConfigError(
           f"workdir {workdir} was written by an incompatible config ("
           + "; ".join(diffs) + "): use a new --workdir or the same values")
-  if jax.process_index() == 0:
+  elif jax.process_index() == 0:
     with open(path, "w") as f:
       f.write(config.to_json(indent=2))
 
@@ -267,8 +269,7 @@ def make_evaluate(config):
     def routed_f(v):
       return capsjax.routed_free_energy(params, v, r)
     c = capsjax.route_visible(params, test_v, r)
-    recon = capsjax.visible_probs(
-        params, capsjax.hidden_probs(params, test_v, c), c)
+    recon = capsjax.reconstruct(params, test_v, c)
     f_test = routed_f(test_v)
     # Pseudo-log-likelihood, estimated with one random neuron per example:
     # D * log p(v_d | v_-d) = D * log sigmoid(F(v with d flipped) - F(v)).
@@ -300,10 +301,10 @@ def make_sampler(config, mh: bool = False):
     init_key, run_key = jax.random.split(key)
     v0 = jax.random.bernoulli(init_key, marginals,
                               (config.num_samples,) + marginals.shape)
-    state = capsjax.init_chain(params, v0.astype(jnp.float32), r)
+    state = capsjax.init_chain(params, v0.astype(params["W"].dtype), r)
     _, info = capsjax.run_chain(run_key, state, params, config.sample_steps,
                                 num_iterations=r, mh=mh)
-    return info.visible_mean[-1], jnp.mean(info.acceptance_rate)
+    return info.last.visible_mean, jnp.mean(info.acceptance_rate)
 
   return sample
 
@@ -311,11 +312,11 @@ def make_sampler(config, mh: bool = False):
 def sample_figure(config, sampler, params, key, test_grey, marginals):
   """A PNG-ready grid: model samples, then test images and reconstructions."""
   nrow = 10
-  samples, acceptance = sampler(params, key, marginals)
-  test_v = to_capsules(config, test_grey[:nrow * 2], jax.random.key(0))
+  chain_key, binarize_key = jax.random.split(key)
+  samples, acceptance = sampler(params, chain_key, marginals)
+  test_v = to_capsules(config, test_grey[:nrow * 2], binarize_key)
   c = capsjax.route_visible(params, test_v, config.num_iterations)
-  recon = capsjax.visible_probs(
-      params, capsjax.hidden_probs(params, test_v, c), c)
+  recon = capsjax.reconstruct(params, test_v, c)
   to_img = functools.partial(data_lib.capsules_to_images,
                              patch=config.patch_size)
   pairs = np.concatenate([to_img(test_v)[:nrow], to_img(recon)[:nrow],
@@ -349,9 +350,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sampler = make_sampler(config)
   keys = _keys(config)
   n_eval = min(config.num_eval_examples, len(data.test), len(data.train))
-  eval_key = keys["evaluate"]
-  train_eval_v = to_capsules(config, data.train[:n_eval], eval_key)
-  test_eval_v = to_capsules(config, data.test[:n_eval], eval_key)
+  train_eval_v = to_capsules(config, data.train[:n_eval], keys["eval_train"])
+  test_eval_v = to_capsules(config, data.test[:n_eval], keys["eval_test"])
   marginals = data_lib.images_to_capsules(data.train.mean(0), config.patch_size)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
@@ -379,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if done % config.eval_every_steps == 0 or done == config.num_steps:
       writer.write_scalars(done, evaluate(state.params, train_eval_v,
                                           test_eval_v,
-                                          jax.random.fold_in(eval_key, done)))
+                                          jax.random.fold_in(keys["pll"], done)))
     if is_main and (done % config.sample_every_steps == 0
                     or done == config.num_steps):
       blocks, _ = sample_figure(

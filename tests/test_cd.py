@@ -62,7 +62,7 @@ def test_hand_written_statistics_equal_autodiff(mode, visible):
       _, infos = capsjax.run_chain(key, capsjax.init_chain(params, v, r),
                                    params, kwargs["k"], num_iterations=r,
                                    visible=visible)
-      v_neg = infos.visible_mean[-1]
+      v_neg = infos.last.visible_mean
       c_neg = capsjax.route_visible(params, v_neg, r)
     def objective(p):
       return (_mean_free_energy(p, v, c_data, visible) -
@@ -273,3 +273,22 @@ def test_info_fields():
   ent = -np.sum(np.asarray(c) * np.log(np.asarray(c)), -1).mean()
   np.testing.assert_allclose(info.routing_entropy, ent, rtol=1e-5)
   np.testing.assert_allclose(info.acceptance_rate, 1.0)
+
+
+def test_weight_scale_is_sgd_on_w_over_s():
+  """Optimizing U = W / s with plain SGD moves W by lr * s^2 * dF/dW."""
+  params = _params(13)
+  data = _data()
+  s, lr = 4.0, 0.01
+  opt = optax.sgd(lr)
+  state = capsjax.init_train_state(params, opt, weight_scale=s)
+  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt,
+                                   weight_scale=s))
+  key = jax.random.key(14)
+  new, _ = step(state, key, data)
+  g, _ = cd_gradient(params, jax.random.fold_in(key, 0), data)
+  np.testing.assert_allclose(new.params["W"], params["W"] - lr * s**2 * g["W"],
+                             rtol=1e-5, atol=1e-6)
+  for n in ("a", "b"):
+    np.testing.assert_allclose(new.params[n], params[n] - lr * g[n],
+                               rtol=1e-5, atol=1e-7)

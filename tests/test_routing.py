@@ -47,6 +47,13 @@ class TestSquash:
       check_grads(capsjax.squash, (jnp.zeros(4),), order=1,
                   modes=("fwd", "rev"), eps=1e-8)
 
+  @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+  def test_finite_at_zero_in_half_precision(self, dtype):
+    z = jnp.zeros((2, 4), dtype)
+    assert jnp.all(capsjax.squash(z) == 0)
+    g = jax.grad(lambda s: jnp.sum(capsjax.squash(s)))(z)
+    assert jnp.all(jnp.isfinite(g))
+
   def test_norm_below_one(self):
     n = jnp.linalg.norm(capsjax.squash(_votes(2, (100, 8), 10.0)), axis=-1)
     assert jnp.all(n < 1.0)

@@ -1,0 +1,219 @@
+"""The experiment runner end to end: training, sampling, resuming, bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import train_lib
+from experiments.configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, **overrides):
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.patch_size = 7          # 16 capsules of 49 pixels
+  config.num_hidden_capsules = 4
+  config.hidden_dim = 4
+  config.batch_size = 20
+  config.num_steps = 20
+  config.log_every_steps = 5
+  config.eval_every_steps = 10
+  config.sample_every_steps = 20
+  config.checkpoint_every_steps = 10
+  config.num_eval_examples = 50
+  config.num_samples = 10
+  config.sample_steps = 5
+  config.momentum_switch_step = 5
+  config.update(overrides)
+  return config
+
+
+def _run(args, **kwargs):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, **kwargs)
+
+
+def _override_flags(config):
+  return [f"--config.{k}={v}" for k, v in config.items()]
+
+
+def _restore(workdir):
+  config = train_lib.load_config(workdir)
+  mngr = train_lib.checkpoint_manager(config, workdir)
+  state = train_lib.restore_latest(config, workdir, mngr)
+  mngr.close()
+  return state
+
+
+def test_train_and_evaluate_then_sample(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(data_dir)
+  state = train_lib.train_and_evaluate(config, workdir)
+  assert int(state.step) == 20
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  records = [json.loads(line) for line in
+             open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = set().union(*records)
+  for name in ("train_reconstruction_error", "train_free_energy_gap",
+               "train_routing_entropy", "learning_rate",
+               "test_reconstruction_error", "free_energy_gap_test_minus_train",
+               "test_pseudo_log_likelihood", "test_routing_entropy"):
+    assert name in keys, name
+  assert all(np.isfinite(v) for r in records for v in r.values())
+  assert os.listdir(os.path.join(workdir, "events"))
+  with Image.open(os.path.join(workdir, "samples", "step_0000020.png")) as im:
+    assert im.size[0] > 100 and im.size[1] > 100
+  # The restored checkpoint is the returned state.
+  restored = _restore(workdir)
+  for name in ("W", "a", "b"):
+    np.testing.assert_array_equal(restored.params[name], state.params[name])
+
+  out = tmp_path / "samples.png"
+  result = _run(["-m", "experiments.sample", f"--workdir={workdir}",
+                 f"--out={out}", "--mh", "--steps=3"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  with Image.open(out) as im:
+    assert im.size[0] > 100
+
+
+def test_restart_continues_from_the_latest_checkpoint(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_lib.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
+  state = train_lib.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert int(state.step) == 20
+  steps = [json.loads(line)["step"]
+           for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert min(s for s in steps if s > 10) == 15  # no step was redone
+
+
+def test_sigkill_then_resume_is_bit_identical(data_dir, tmp_path):
+  """A run killed by SIGKILL mid-training and restarted ends exactly where an
+  uninterrupted run ends: parameters, optimizer state and PCD chains."""
+  config = tiny_config(data_dir, num_steps=1500, checkpoint_every_steps=100,
+                       log_every_steps=100, eval_every_steps=1500,
+                       sample_every_steps=1500, persistent=True)
+  args = ["-m", "experiments.train",
+          "--config=experiments/configs/default.py", *_override_flags(config)]
+  reference = str(tmp_path / "reference")
+  result = _run(args + [f"--workdir={reference}"])
+  assert result.returncode == 0, result.stderr[-2000:]
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, *args, f"--workdir={killed}"],
+                          cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  first = killed / "checkpoints" / "100"
+  deadline = time.monotonic() + 240
+  while not first.exists() and proc.poll() is None:
+    assert time.monotonic() < deadline, "no checkpoint appeared"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
+  interrupted = _restore(str(killed))
+  assert interrupted is not None and int(interrupted.step) < 1500
+
+  result = _run(args + [f"--workdir={killed}"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  a, b = _restore(reference), _restore(str(killed))
+  assert int(a.step) == int(b.step) == 1500
+  leaves_a, leaves_b = (jax_leaves(s) for s in (a, b))
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(state):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", -0.1, r"config.learning_rate = -0.1: must be > 0"),
+    ("dataset", "cifar10", r"config.dataset = 'cifar10': unknown dataset"),
+    ("k", 0, r"config.k = 0: must be an integer >= 1"),
+    ("num_iterations", 0, r"config.num_iterations = 0"),
+    ("patch_size", 5, r"config.patch_size = 5: capsule patches must tile"),
+    ("binarize", "otsu", r"config.binarize = 'otsu'"),
+])
+def test_bad_config_values_are_rejected_before_training(
+    data_dir, tmp_path, field, value, message):
+  workdir = tmp_path / "run"
+  with pytest.raises(train_lib.ConfigError, match=message):
+    train_lib.train_and_evaluate(tiny_config(data_dir, **{field: value}),
+                                 str(workdir))
+  assert not workdir.exists()
+
+
+def test_command_line_errors_are_one_line(data_dir, tmp_path):
+  result = _run(["-m", "experiments.train",
+                 "--config=experiments/configs/default.py",
+                 f"--workdir={tmp_path / 'run'}", "--config.k=0"])
+  assert result.returncode != 0
+  assert "config.k = 0" in result.stderr and "Traceback" not in result.stderr
+
+  result = _run(["-m", "experiments.train",
+                 "--config=experiments/configs/mnist.py",
+                 f"--workdir={tmp_path / 'run2'}",
+                 f"--config.data_dir={tmp_path / 'tfds'}",
+                 f"--config.data_manual_dir={tmp_path / 'empty'}"])
+  assert result.returncode != 0
+  assert "raw files not found" in result.stderr
+  assert "data_manual_dir" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_incompatible_workdir_is_a_clear_error(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_lib.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"incompatible config \(hidden_dim: 4 in the "
+                     r"workdir, 8 now\)"):
+    train_lib.train_and_evaluate(tiny_config(data_dir, hidden_dim=8), workdir)
+
+
+def test_data_order_is_a_permutation_per_epoch():
+  config = tiny_config("", batch_size=10)
+  n = 35  # 3 full batches per epoch; the remainder is dropped
+  epoch0 = np.concatenate([train_lib.batch_indices(config, n, s)
+                           for s in range(3)])
+  epoch1 = np.concatenate([train_lib.batch_indices(config, n, s)
+                           for s in range(3, 6)])
+  assert len(set(epoch0)) == 30 and len(set(epoch1)) == 30
+  assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(epoch0[:10],
+                                train_lib.batch_indices(config, n, 0))
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(),
+                    reason=f"raw MNIST not found at {SHARED_MNIST} "
+                    "(only on development and CI machines)")
+def test_mnist_config_trains_on_full_mnist(tmp_path):
+  from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
+  config = mnist.get_config()
+  config.update(data_dir=str(tmp_path / "tfds"),
+                data_manual_dir=str(SHARED_MNIST), num_steps=4,
+                log_every_steps=2, eval_every_steps=4, sample_every_steps=4,
+                checkpoint_every_steps=4, num_samples=4, sample_steps=2,
+                num_eval_examples=100)
+  workdir = str(tmp_path / "run")
+  state = train_lib.train_and_evaluate(config, workdir)
+  assert int(state.step) == 4
+  data = train_lib.load_data(config)
+  assert data.train.shape == (60000, 28, 28)
+  assert data.test.shape == (10000, 28, 28)
