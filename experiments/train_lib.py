@@ -13,6 +13,7 @@ import os
 from typing import NamedTuple
 
 from absl import logging
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,8 +21,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
-
-from flax import nnx
 
 import capsjax
 from capsjax import data as data_lib

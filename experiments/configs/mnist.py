@@ -20,6 +20,7 @@ def get_config():
   config.dataset = "mnist"
   config.num_hidden_capsules = 32
   config.num_iterations = 3
+  config.persistent = False
   config.learning_rate = 0.02
   config.num_steps = 18_000  # 30 epochs of 60,000 at batch 100
   config.momentum_switch_step = 3_000

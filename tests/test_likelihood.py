@@ -1,0 +1,50 @@
+"""exact_log_z and log_prob against the numpy enumeration of tests/reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import capsjax
+from tests import reference
+
+
+def _params(seed, nv=3, dv=2, nh=2, dh=3, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return {"W": scale * rng.normal(size=(nv, nh, dh, dv)),
+          "a": rng.normal(size=(nv, dv)), "b": rng.normal(size=(nh, dh))}
+
+
+@pytest.mark.parametrize("r", [1, 3])
+@pytest.mark.parametrize("chunk_size", [5, 4096])  # 5: a masked last chunk
+def test_exact_log_z_matches_enumeration(r, chunk_size):
+  with jax.enable_x64(True):
+    params = _params(r)
+    states, log_p = reference.routed_log_probs(params, r)
+    jparams = jax.tree.map(jnp.asarray, params)
+    log_z = capsjax.exact_log_z(jparams, r, chunk_size=chunk_size)
+    got = capsjax.log_prob(jparams, jnp.asarray(states), r, log_z)
+    np.testing.assert_allclose(got, log_p, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(jax.nn.logsumexp(got), 0.0, atol=1e-10)
+
+
+def test_unrouted_log_z_is_the_rbm_with_scaled_weights():
+  """r = 1: Z of the RBM whose weights are W / Nh, summed over v and h."""
+  with jax.enable_x64(True):
+    params = _params(7, nv=2, dv=2, nh=2, dh=2)
+    nh = 2
+    vs = reference.binary_states((2, 2))
+    hs = reference.binary_states((2, 2))
+    c = np.full((2, 2), 1.0 / nh)
+    neg_e = np.array([[-reference.energy(params, v, h, c) for h in hs]
+                      for v in vs])
+    expected = np.log(np.sum(np.exp(neg_e)))
+    got = capsjax.exact_log_z(jax.tree.map(jnp.asarray, params), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_too_many_neurons_is_refused():
+  params = {"W": jnp.zeros((5, 2, 2, 5)), "a": jnp.zeros((5, 5)),
+            "b": jnp.zeros((2, 2))}
+  with pytest.raises(ValueError, match=r"Nv\*Dv = 25 exceeds 24"):
+    capsjax.exact_log_z(params, 3)
