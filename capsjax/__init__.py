@@ -23,8 +23,14 @@ from capsjax.energies import sample_hidden
 from capsjax.energies import sample_visible
 from capsjax.energies import visible_input
 from capsjax.energies import visible_probs
+from capsjax.likelihood import AISResult
+from capsjax.likelihood import ais
+from capsjax.likelihood import base_rate_bias
+from capsjax.likelihood import beta_schedule
 from capsjax.likelihood import exact_log_z
 from capsjax.likelihood import log_prob
+from capsjax.likelihood import tempered_log_density
+from capsjax.likelihood import tempered_mh_step
 from capsjax.modules import CapsulePoE
 from capsjax.routing import RoutingResult
 from capsjax.routing import predictions

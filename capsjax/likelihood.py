@@ -1,15 +1,21 @@
 """Log-likelihood of the routed model (MODEL.md sections 4 and 7).
 
 `p(v) = exp(-F(v; c(v))) / Z`. `exact_log_z` enumerates every visible state
-(tiny Bernoulli layers only).
+(tiny Bernoulli layers only); `ais` estimates log Z by annealed importance
+sampling for any size.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from capsjax import energies
+from capsjax import routing
+from capsjax import sampling
 from capsjax import validation
 
 MAX_ENUMERABLE_NEURONS = 24
@@ -49,3 +55,259 @@ def log_prob(params, v: jax.Array, num_iterations: int, log_z: jax.Array
              ) -> jax.Array:
   """`log p(v) = -F(v; c(v)) - log Z`, shape (...,), in nats."""
   return -energies.routed_free_energy(params, v, num_iterations) - log_z
+
+
+# --------------------------------------------------------------------------
+# Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008).
+#
+# The annealing path runs over the joint (v, h), as in MODEL.md section 7:
+#
+#   p_beta(v, h) ∝ exp((1 - beta) a_A.v - beta E(v, h; c(v)))
+#
+# with a_A the base model's visible biases. Summing out h in closed form
+# (Salakhutdinov & Murray 2008, section 4.1) gives the unnormalized
+# log-density of the visible marginal that the importance weights use:
+#
+#   f_beta(v) = ((1 - beta) a_A + beta a).v
+#               + sum_jk softplus(beta (b_jk + s_jk(v; c(v))))
+#
+# f_1(v) = -F(v; c(v)), so Z_1 is the Z of MODEL.md section 4, and
+# f_0(v) = a_A.v + Nh Dh log 2 (at beta = 0 each hidden neuron is a fair
+# coin), so log Z_A = sum softplus(a_A) + Nh Dh log 2.
+#
+# Both f_beta and the transitions are those of the routed model with the
+# "tempered parameters" W_beta = beta W, a_beta = (1 - beta) a_A + beta a,
+# b_beta = beta b, except that the coefficients c(v) are always routed with
+# the untempered W (tempering W would change the routing). The code reuses
+# the c-fixed functions of `energies` and `sampling.mh_log_ratio` with those
+# parameters and routes with the original ones.
+
+
+class AISResult(NamedTuple):
+  log_z: jax.Array            # (): log Z_A + log mean_runs exp(log_weights)
+  log_z_std: jax.Array        # (): delta-method standard error of log_z
+  log_weights: jax.Array      # (num_runs,): log w of each run
+  ess: jax.Array              # (): (sum w)^2 / sum w^2, in [1, num_runs]
+  acceptance_rate: jax.Array  # (): mean MH acceptance over betas and runs
+  log_z_base: jax.Array       # (): log Z_A of the base model
+  samples: jax.Array          # (num_runs, Nv, Dv): final states; with the
+                              # weights, an importance sample of p(v)
+
+
+def base_rate_bias(data: jax.Array, eps: float = 1e-3) -> jax.Array:
+  """Base-model biases `logit(clip(mean(data), eps, 1 - eps))`, (Nv, Dv).
+
+  The independent-Bernoulli model with the data's marginals (MODEL.md
+  section 7); the clip keeps the logits finite for pixels that are always
+  off or on. Averages over every leading axis of `data` (..., Nv, Dv).
+  """
+  data = jnp.asarray(data)
+  validation.check_floating("data", data)
+  if data.ndim < 2:
+    raise ValueError(
+        f"data must have shape (..., Nv, Dv); got {jnp.shape(data)}")
+  mean = jnp.mean(data, axis=tuple(range(data.ndim - 2)))
+  return jax.scipy.special.logit(jnp.clip(mean, eps, 1.0 - eps))
+
+
+# Knots of Salakhutdinov & Murray's schedule (500 betas in [0, 0.5), 4000 in
+# [0.5, 0.9), 10000 in [0.9, 1]): fraction of the schedule -> beta.
+_SM_FRACTIONS = (0.0, 500 / 14500, 4500 / 14500, 1.0)
+_SM_BETAS = (0.0, 0.5, 0.9, 1.0)
+
+
+def beta_schedule(num_betas: int, kind: str = "piecewise") -> np.ndarray:
+  """An increasing schedule of `num_betas` inverse temperatures, 0 to 1.
+
+  `kind="piecewise"`: Salakhutdinov & Murray's (2008) piecewise-linear
+  schedule scaled to `num_betas` (for 14,500 it puts 500 in [0, 0.5), 4000
+  in [0.5, 0.9) and 10,000 in [0.9, 1], up to rounding at the knots): dense
+  near beta = 1, where an RBM's distribution changes fastest.
+  `kind="linear"`: evenly spaced. A numpy float64 array (static; no
+  compilation), first element exactly 0 and last exactly 1.
+  """
+  num_betas = validation.positive_int("num_betas", num_betas)
+  if num_betas < 2:
+    raise ValueError(
+        f"num_betas must be >= 2 (beta = 0 and 1); got {num_betas}")
+  t = np.linspace(0.0, 1.0, num_betas)
+  if kind == "linear":
+    return t
+  if kind == "piecewise":
+    return np.interp(t, _SM_FRACTIONS, _SM_BETAS)
+  raise ValueError(f"kind must be 'piecewise' or 'linear'; got {kind!r}")
+
+
+def _tempered_params(params, beta, base_bias):
+  """The c-fixed RBM of p_beta: W_beta, a_beta, b_beta (see above)."""
+  return {"W": beta * params["W"],
+          "a": (1.0 - beta) * base_bias + beta * params["a"],
+          "b": beta * params["b"]}
+
+
+def tempered_log_density(params, v: jax.Array, num_iterations: int,
+                         beta, base_bias: jax.Array) -> jax.Array:
+  """`f_beta(v) = log sum_h exp((1 - beta) a_A.v - beta E(v, h; c(v)))`.
+
+  Shape (...,). `f_1 = -F(v; c(v))` and `f_0 = a_A.v + Nh Dh log 2`.
+  """
+  c = routing.route_visible(params, v, num_iterations)
+  return -energies.free_energy(_tempered_params(params, beta, base_bias), v, c)
+
+
+def _log_weight_increment(params, v, c, beta_prev, beta, base_bias):
+  """`f_beta(v) - f_beta_prev(v)`, with s(v; c) computed once."""
+  s = params["b"] + energies.hidden_input(params, v, c)
+  a_diff = (beta - beta_prev) * (params["a"] - base_bias)
+  experts = jax.nn.softplus(beta * s) - jax.nn.softplus(beta_prev * s)
+  return (jnp.sum(a_diff * v, axis=(-2, -1))
+          + jnp.sum(experts, axis=(-2, -1)))
+
+
+def tempered_mh_step(key, state: sampling.ChainState, params, beta,
+                     base_bias: jax.Array, *, num_iterations: int
+                     ) -> tuple[sampling.ChainState, sampling.ChainInfo]:
+  """One transition that leaves `p_beta(v, h)` (hence `p_beta(v)`) invariant.
+
+  h ~ p_beta(h | v) = sigmoid(beta (b + s(v; c))), exact; then the v-step
+  of MODEL.md section 6 for the tempered joint: propose
+  v' ~ sigmoid((1 - beta) a_A + beta (a + x(h; c))) with c = c(v), route
+  c' = c(v') with the untempered W, and accept with
+
+    log r = beta h.s(v + v'; c' - c) + log Z_h^beta(c) - log Z_h^beta(c'),
+    log Z_h^beta(c) = beta b.h
+                      + sum_il softplus((1-beta) a_A + beta (a + x(h; c))).
+
+  That is `sampling.mh_log_ratio` of the tempered parameters, and at
+  beta = 1 it is `mh_log_ratio(params, ...)` itself. With one routing
+  iteration c' = c and every proposal is accepted (an exact Gibbs step).
+  `state.coefficients` must be c(state.v).
+  """
+  key_h, key_v, key_u = jax.random.split(key, 3)
+  v, c = state
+  tempered = _tempered_params(params, beta, base_bias)
+  h, _ = energies.sample_hidden(key_h, tempered, v, c)
+  proposal, mean = energies.sample_visible(key_v, tempered, h, c)
+  c_new = routing.route_visible(params, proposal, num_iterations)
+  log_ratio = sampling.mh_log_ratio(tempered, v, proposal, h, c, c_new)
+  state, acceptance, accept = sampling.metropolis_accept(
+      key_u, log_ratio, state, sampling.ChainState(proposal, c_new))
+  return state, sampling.ChainInfo(h, mean, acceptance, accept)
+
+
+def _log_mean_exp_stats(log_w):
+  """log mean w, the delta-method s.e. of it, and the ESS, all in log space."""
+  n = log_w.shape[0]
+  log_sum = jax.nn.logsumexp(log_w)
+  log_mean = log_sum - jnp.log(n)
+  # ESS = (sum w)^2 / sum w^2.
+  ess = jnp.exp(2.0 * log_sum - jax.nn.logsumexp(2.0 * log_w))
+  # Var(log mean w) ~ Var(w) / (n mean(w)^2) (delta method). Weights are
+  # rescaled by their maximum first, so nothing overflows.
+  w = jnp.exp(log_w - jnp.max(log_w))
+  rel_var = jnp.var(w, ddof=1) / jnp.square(jnp.mean(w)) if n > 1 else jnp.inf
+  return log_mean, jnp.sqrt(rel_var / n), ess
+
+
+def _check_concrete_betas(betas):
+  """Checks the endpoints and order of `betas` when they are known now."""
+  try:
+    b = np.asarray(betas)
+  except jax.errors.TracerArrayConversionError:
+    return  # traced under jit: the caller's responsibility
+  if b[0] != 0.0 or b[-1] != 1.0 or np.any(np.diff(b) < 0):
+    raise ValueError("betas must increase from exactly 0 to exactly 1; got "
+                     f"first {b[0]}, last {b[-1]}")
+
+
+def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
+        base_bias: Optional[jax.Array] = None,
+        betas: Optional[jax.Array] = None,
+        visible: str = "bernoulli") -> AISResult:
+  """Estimates log Z of the routed model (MODEL.md sections 4 and 7) by AIS.
+
+  Runs `num_runs` independent annealing chains from the base model (the
+  independent Bernoulli units with biases `base_bias`, default 0: uniform)
+  to the routed model along `p_beta(v, h)` (module comment above). At each
+  intermediate beta the weights gain `f_beta(v) - f_beta_prev(v)` and the
+  chain takes one `tempered_mh_step`. The whole run is one `lax.scan` over
+  the betas on a batch of chains. Jit with `num_iterations`, `num_betas`,
+  `num_runs` and `visible` static; `betas` and `base_bias` may be traced.
+
+  Args:
+    key: a `jax.random` key.
+    params: {"W", "a", "b"} of a Bernoulli layer.
+    num_iterations: routing iterations r (1: the unrouted model).
+    num_betas: length of the schedule, >= 2 (the literature uses 14,500).
+    num_runs: independent runs (the literature uses 100).
+    base_bias: (Nv, Dv) base-model biases, e.g. `base_rate_bias(data)`.
+    betas: (num_betas,) increasing from exactly 0 to exactly 1; default
+      `beta_schedule(num_betas)`.
+    visible: only "bernoulli" is supported.
+
+  Returns:
+    An `AISResult`. `log_z_std` is the delta-method standard error
+    `std(w) / (sqrt(num_runs) mean(w))` of `log_z`; like any estimate from
+    the weights themselves it understates the error when the weights are
+    degenerate (small `ess`), and AIS's log-estimate is biased low on
+    average (Jensen), by about `log_z_std^2 / 2` for well-behaved weights.
+  """
+  if validation.visible_type(visible) != "bernoulli":
+    raise ValueError(
+        f"ais supports Bernoulli visible units only; got visible={visible!r} "
+        "(a Gaussian base model and tempered path are not implemented)")
+  r = validation.num_iterations(num_iterations)
+  num_betas = validation.positive_int("num_betas", num_betas)
+  num_runs = validation.positive_int("num_runs", num_runs)
+  nv, nh, dh, dv = validation.param_shapes(params)
+  validation.check_floating("params['W']", params["W"])
+  dtype = jnp.result_type(params["W"])
+  if num_betas < 2:
+    raise ValueError(
+        f"num_betas must be >= 2 (beta = 0 and 1); got {num_betas}")
+  if base_bias is None:
+    base_bias = jnp.zeros((nv, dv), dtype)
+  elif jnp.shape(base_bias) != (nv, dv):
+    raise ValueError(f"base_bias must have shape (Nv, Dv) = {(nv, dv)}; "
+                     f"got {jnp.shape(base_bias)}")
+  if betas is None:
+    betas = beta_schedule(num_betas)
+  elif jnp.shape(betas) != (num_betas,):
+    raise ValueError(f"betas must have shape (num_betas,) = ({num_betas},); "
+                     f"got {jnp.shape(betas)}")
+  else:
+    _check_concrete_betas(betas)
+  base_bias = jnp.asarray(base_bias, dtype)
+  betas = jnp.asarray(betas, dtype)
+
+  key_init, key_run = jax.random.split(key)
+  v0 = jax.random.bernoulli(key_init, jax.nn.sigmoid(base_bias),
+                            (num_runs, nv, dv)).astype(dtype)
+  state = sampling.init(params, v0, r)
+  log_z_base = (jnp.sum(jax.nn.softplus(base_bias))
+                + nh * dh * jnp.log(jnp.asarray(2.0, dtype)))
+
+  def body(carry, xs):
+    state, log_w = carry
+    key, beta_prev, beta = xs
+    log_w = log_w + _log_weight_increment(params, state.v, state.coefficients,
+                                          beta_prev, beta, base_bias)
+    state, info = tempered_mh_step(key, state, params, beta, base_bias,
+                                   num_iterations=r)
+    return (state, log_w), jnp.mean(info.acceptance_rate)
+
+  # Transitions at the intermediate betas only; the last increment (to
+  # beta = 1) needs no transition after it.
+  keys = jax.random.split(key_run, num_betas - 2)
+  log_w = jnp.zeros((num_runs,), dtype)
+  (state, log_w), rates = jax.lax.scan(
+      body, (state, log_w), (keys, betas[:-2], betas[1:-1]))
+  log_w = log_w + _log_weight_increment(params, state.v, state.coefficients,
+                                        betas[-2], betas[-1], base_bias)
+
+  log_mean_w, log_z_std, ess = _log_mean_exp_stats(log_w)
+  # No transitions (num_betas == 2): no acceptance to report.
+  acceptance = jnp.mean(rates) if num_betas > 2 else jnp.asarray(jnp.nan, dtype)
+  return AISResult(log_z=log_z_base + log_mean_w, log_z_std=log_z_std,
+                   log_weights=log_w, ess=ess, acceptance_rate=acceptance,
+                   log_z_base=log_z_base, samples=state.v)

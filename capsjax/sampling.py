@@ -86,13 +86,23 @@ def mh_step(key, state: ChainState, params, *, num_iterations: int,
                                              visible=visible)
   c_new = routing.route_visible(params, proposal, num_iterations)
   log_ratio = mh_log_ratio(params, v, proposal, h, c, c_new, visible=visible)
-  acceptance = jnp.exp(jnp.minimum(log_ratio, 0.0))
+  state, acceptance, accept = metropolis_accept(
+      key_u, log_ratio, state, ChainState(proposal, c_new))
+  return state, ChainInfo(h, mean, acceptance, accept)
+
+
+def metropolis_accept(key, log_ratio, current: ChainState,
+                      proposed: ChainState):
+  """Accepts each chain's proposal with probability min(1, exp(log_ratio)).
+
+  Returns (state, acceptance probability, accepted?).
+  """
   # log u < log_ratio, not u < acceptance: exact also when the ratio overflows.
-  accept = jnp.log(jax.random.uniform(key_u, log_ratio.shape,
+  accept = jnp.log(jax.random.uniform(key, log_ratio.shape,
                                       log_ratio.dtype)) < log_ratio
-  v = jnp.where(accept[..., None, None], proposal, v)
-  c = jnp.where(accept[..., None, None], c_new, c)
-  return ChainState(v, c), ChainInfo(h, mean, acceptance, accept)
+  state = jax.tree.map(lambda new, old: jnp.where(accept[..., None, None],
+                                                  new, old), proposed, current)
+  return state, jnp.exp(jnp.minimum(log_ratio, 0.0)), accept
 
 
 class RunInfo(NamedTuple):
