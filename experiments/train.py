@@ -26,7 +26,8 @@ def main(argv):
   metrics.quiet_orbax_logging()
   try:
     train_lib.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (train_lib.ConfigError, data.DatasetNotFoundError) as e:
+  except (train_lib.ConfigError, train_lib.DataError,
+          train_lib.DivergenceError, data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None  # a message, not a traceback
 
 

@@ -8,8 +8,11 @@ step), so a run resumed from a checkpoint continues exactly.
 from __future__ import annotations
 
 import functools
+import contextlib
 import json
 import os
+import signal
+import threading
 from typing import NamedTuple
 
 from absl import logging
@@ -87,7 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def shapes(config):
   """(Nv, Dv, Nh, Dh) of the layer."""
   nv = (IMAGE_SIZE // config.patch_size) ** 2
-  return nv, config.patch_size ** 2, config.num_hidden_capsules, config.hidden_dim
+  return (nv, config.patch_size ** 2, config.num_hidden_capsules,
+          config.hidden_dim)
 
 
 def weight_scale(config) -> float:
@@ -130,10 +134,32 @@ def load_data(config) -> Data:
                 manual_dir=config.data_manual_dir or None)
   train, train_labels = data_lib.load_split(config.dataset, "train", **kwargs)
   test, test_labels = data_lib.load_split(config.dataset, "test", **kwargs)
+  for split, grey in (("train", train), ("test", test)):
+    check_images(f"{config.dataset} {split}", grey)
   if len(train) < config.batch_size:
     raise ConfigError(f"config.batch_size = {config.batch_size} exceeds the "
                      f"{len(train)} training images of {config.dataset}")
   return Data(train, train_labels, test, test_labels)
+
+
+class DataError(ValueError):
+  """Data that cannot be trained on (checked before training starts)."""
+
+
+def check_images(name: str, images: np.ndarray) -> None:
+  """Grey images (N, 28, 28), finite, in [0, 1]; the error names the first
+  offending example and how many there are."""
+  if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+    raise DataError(f"{name}: images must have shape (N, {IMAGE_SIZE}, "
+                    f"{IMAGE_SIZE}); got {images.shape}")
+  if len(images) == 0:
+    raise DataError(f"{name}: the split is empty")
+  for problem, bad in (("non-finite values", ~np.isfinite(images)),
+                       ("values outside [0, 1]", (images < 0) | (images > 1))):
+    per_example = bad.reshape(len(images), -1).any(axis=1)
+    if per_example.any():
+      raise DataError(f"{name}: {per_example.sum()} images have {problem}; "
+                      f"the first is index {int(np.argmax(per_example))}")
 
 
 def to_capsules(config, grey, key):
@@ -253,9 +279,27 @@ def make_update(config, optimizer):
   def update(state, grey_batch):
     v = to_capsules(config, grey_batch,
                     jax.random.fold_in(keys["binarize"], state.step))
-    return step_fn(state, keys["train"], v)
+    new_state, info = step_fn(state, keys["train"], v)
+    finite = {name: jnp.all(jnp.isfinite(x))
+              for name, x in new_state.params.items()}
+    finite["free_energy_gap"] = jnp.isfinite(info.free_energy_gap)
+    return new_state, info, finite
 
   return update
+
+
+class DivergenceError(RuntimeError):
+  """Training produced a non-finite parameter or statistic."""
+
+
+def check_finite(finite: dict, step: int) -> None:
+  """Raises when an update produced NaN or inf (one small host transfer)."""
+  bad = [name for name, ok in jax.device_get(finite).items() if not ok]
+  if bad:
+    raise DivergenceError(
+        f"training diverged at update {step}: non-finite {', '.join(bad)}; "
+        "the last checkpoint before it is kept. Lower config.learning_rate "
+        "(or see BUILD_NOTES.md on routed training)")
 
 
 def make_evaluate(config):
@@ -328,6 +372,24 @@ def sample_figure(config, sampler, params, key, test_grey, marginals):
 # The loop.
 
 
+@contextlib.contextmanager
+def _sigterm_flag():
+  """Yields an event that SIGTERM (preemption) sets; checked once per update.
+
+  The previous handler is restored on exit. Signals reach the main thread
+  only, so elsewhere the event is never set.
+  """
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> capsjax.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state."""
@@ -358,38 +420,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   progress = tqdm.tqdm(total=config.num_steps, initial=start, unit="step",
                        disable=not is_main, mininterval=2.0, smoothing=0.1,
                        desc="CD training")
-  for step in range(start, config.num_steps):
-    batch = data.train[batch_indices(config, len(data.train), step)]
-    state, info = update(state, batch)
-    progress.update(1)
-    scalars = {"reconstruction_error": info.reconstruction_error,
-               "free_energy_gap": info.free_energy_gap,
-               "acceptance_rate": info.acceptance_rate,
-               "routing_entropy": info.routing_entropy}
-    train_sums = (scalars if train_sums is None else
-                  jax.tree.map(jnp.add, train_sums, scalars))
-    num_logged += 1
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == config.num_steps:
-      means = {f"train_{k}": v / num_logged for k, v in train_sums.items()}
-      lr = state.opt_state[-1].hyperparams["learning_rate"]
-      writer.write_scalars(done, means | {"learning_rate": lr})
-      train_sums, num_logged = None, 0
-    if done % config.eval_every_steps == 0 or done == config.num_steps:
-      writer.write_scalars(done, evaluate(state.params, train_eval_v,
-                                          test_eval_v,
-                                          jax.random.fold_in(keys["pll"], done)))
-    if is_main and (done % config.sample_every_steps == 0
-                    or done == config.num_steps):
-      blocks, _ = sample_figure(
-          config, sampler, state.params, jax.random.fold_in(keys["sample"], done),
-          data.test, marginals)
-      images.save_png(os.path.join(workdir, "samples", f"step_{done:07d}.png"),
-                      *blocks)
-    if done % config.checkpoint_every_steps == 0 or done == config.num_steps:
-      mngr.save(done, args=ocp.args.StandardSave(state))
-  progress.close()
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
+  try:
+    with _sigterm_flag() as preempted:
+      for step in range(start, config.num_steps):
+        batch = data.train[batch_indices(config, len(data.train), step)]
+        new_state, info, finite = update(state, batch)
+        # Checked before anything is written: a non-finite state never reaches
+        # a checkpoint, and the error names the update that produced it.
+        check_finite(finite, step + 1)
+        state = new_state
+        progress.update(1)
+        scalars = {"reconstruction_error": info.reconstruction_error,
+                   "free_energy_gap": info.free_energy_gap,
+                   "acceptance_rate": info.acceptance_rate,
+                   "routing_entropy": info.routing_entropy}
+        train_sums = (scalars if train_sums is None else
+                      jax.tree.map(jnp.add, train_sums, scalars))
+        num_logged += 1
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == config.num_steps:
+          means = {f"train_{k}": v / num_logged for k, v in train_sums.items()}
+          lr = state.opt_state[-1].hyperparams["learning_rate"]
+          writer.write_scalars(done, means | {"learning_rate": lr})
+          train_sums, num_logged = None, 0
+        if done % config.eval_every_steps == 0 or done == config.num_steps:
+          pll_key = jax.random.fold_in(keys["pll"], done)
+          writer.write_scalars(done, evaluate(state.params, train_eval_v,
+                                              test_eval_v, pll_key))
+        if is_main and (done % config.sample_every_steps == 0
+                        or done == config.num_steps):
+          blocks, _ = sample_figure(
+              config, sampler, state.params,
+              jax.random.fold_in(keys["sample"], done), data.test, marginals)
+          images.save_png(
+              os.path.join(workdir, "samples", f"step_{done:07d}.png"), *blocks)
+        if (done % config.checkpoint_every_steps == 0 or done == config.num_steps
+            or preempted.is_set()):
+          mngr.save(done, args=ocp.args.StandardSave(state))
+        if preempted.is_set():
+          logging.warning("SIGTERM: saved the checkpoint of update %d; "
+                          "re-run the same command to continue", done)
+          break
+  finally:
+    # Also on an error: the pending (good) checkpoint is completed.
+    progress.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
   return state

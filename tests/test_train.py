@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -139,7 +141,6 @@ def test_sigkill_then_resume_is_bit_identical(data_dir, tmp_path):
 
 
 def jax_leaves(state):
-  import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
@@ -217,3 +218,64 @@ def test_mnist_config_trains_on_full_mnist(tmp_path):
   data = train_lib.load_data(config)
   assert data.train.shape == (60000, 28, 28)
   assert data.test.shape == (10000, 28, 28)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(
+    data_dir, tmp_path, monkeypatch):
+  """A NaN appearing at update 7 stops the run there; checkpoint 5 stays."""
+  import capsjax  # pylint: disable=g-import-not-at-top
+  train_step = capsjax.train_step
+
+  def poisoned(state, key, batch, **kwargs):
+    new, info = train_step(state, key, batch, **kwargs)
+    nan_w = jnp.where(new.step == 7, jnp.nan, new.params["W"])
+    return new._replace(params={**new.params, "W": nan_w}), info
+
+  monkeypatch.setattr(capsjax, "train_step", poisoned)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(data_dir, checkpoint_every_steps=5)
+  with pytest.raises(train_lib.DivergenceError,
+                     match=r"diverged at update 7: non-finite W"):
+    train_lib.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["5"]
+  restored = _restore(workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax_leaves(restored.params))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_steps=5000, checkpoint_every_steps=100,
+                       log_every_steps=100, eval_every_steps=5000,
+                       sample_every_steps=5000)
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train",
+       "--config=experiments/configs/default.py", *_override_flags(config),
+       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 240
+  while not (workdir / "checkpoints" / "100").exists():
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 0, stderr[-2000:]
+  assert "SIGTERM: saved the checkpoint of update" in stderr
+  step = int(_restore(str(workdir)).step)
+  assert 100 < step < 5000  # saved where it stopped, not at a multiple of 100
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda x: x.__setitem__((3, 0, 0), np.nan),
+     r"1 images have non-finite values; the first is index 3"),
+    (lambda x: x.__setitem__((slice(5, 7), 1, 1), 1.5),
+     r"2 images have values outside \[0, 1\]; the first is index 5"),
+])
+def test_bad_data_is_named_before_training(corrupt, message):
+  images = np.zeros((10, 28, 28), np.float32)
+  corrupt(images)
+  with pytest.raises(train_lib.DataError, match=message):
+    train_lib.check_images("mnist train", images)
+  with pytest.raises(train_lib.DataError, match=r"must have shape"):
+    train_lib.check_images("x", np.zeros((4, 28, 27)))
+  with pytest.raises(train_lib.DataError, match=r"empty"):
+    train_lib.check_images("x", np.zeros((0, 28, 28)))

@@ -1,0 +1,70 @@
+r"""Evaluates a training workdir's latest checkpoint on the test set.
+
+  python -m experiments.evaluate --workdir=/tmp/capsjax_default \
+      [--ais=quick|full] [--out=/tmp/capsjax_default/eval]
+
+Writes eval.json and eval.md (a markdown table) under --out: the test
+log-likelihood in nats (AIS log Z from the data-marginal base model;
+--ais=quick is 1,000 betas x 32 runs, --ais=full the literature's 14,500 x
+100), the one-pass reconstruction error, a linear probe's test accuracy and
+k-means clustering accuracy on the hidden probabilities. See
+experiments/evaluation.py.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from capsjax import data
+from experiments import evaluation
+from experiments import metrics
+from experiments import train_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
+                               required=True)
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: "
+                           "WORKDIR/eval).")
+_AIS = flags.DEFINE_enum("ais", "quick", sorted(evaluation.AIS_PRESETS),
+                         "AIS preset: quick (1,000 betas x 32 runs) or full "
+                         "(14,500 x 100).")
+_NUM_BETAS = flags.DEFINE_integer("num_betas", None, "Overrides the preset's "
+                                  "number of betas.", lower_bound=2)
+_NUM_RUNS = flags.DEFINE_integer("num_runs", None, "Overrides the preset's "
+                                 "number of AIS runs.", lower_bound=1)
+_PROBE = flags.DEFINE_integer("probe_train_examples", 10_000, "Training "
+                              "examples of the linear probe (0: all).",
+                              lower_bound=0)
+_CLUSTERS = flags.DEFINE_integer("num_clusters", 10, "k-means clusters.",
+                                 lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 1_000, "Examples per device "
+                              "batch (bounds memory).", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the binarization, AIS and "
+                             "k-means.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metrics.quiet_orbax_logging()
+  workdir = _WORKDIR.value
+  try:
+    config, step, params = evaluation.load_run(workdir)
+    d = train_lib.load_data(config)
+  except (evaluation.EvaluationError, train_lib.ConfigError,
+          data.DatasetNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
+  settings = evaluation.Settings(
+      ais=_AIS.value, num_betas=_NUM_BETAS.value, num_runs=_NUM_RUNS.value,
+      probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
+      batch_size=_BATCH.value, seed=_SEED.value)
+  results = evaluation.evaluate(config, step, params, d, settings)
+  out = _OUT.value or os.path.join(workdir, "eval")
+  paths = evaluation.write(results, out, title=f"Evaluation of {workdir}")
+  logging.info("Step %d: wrote %s", step, ", ".join(paths))
+  print(evaluation.to_markdown(results, title=f"Evaluation of {workdir}"))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,362 @@
+"""Test-set evaluation of a trained workdir (MODEL.md section 7).
+
+`evaluate(config, params, data, ...)` returns a JSON-ready dict with
+  - the test log-likelihood in nats: AIS log Z from the data-marginal base
+    model, then the mean of `log_prob` over the whole binarized test set;
+  - the per-pixel reconstruction error of one up-down pass;
+  - a linear probe (logistic regression on the hidden probabilities);
+  - k-means clustering accuracy of the test hidden probabilities, clusters
+    matched to labels by the Hungarian method (as stacked capsule
+    autoencoders report it);
+and the run's metadata. `to_markdown` renders it as a table.
+
+Every binarization and chain is drawn from `seed`, so two evaluations of the
+same checkpoint with the same settings agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import scipy.optimize
+from sklearn import cluster as sk_cluster
+from sklearn import linear_model
+from sklearn import pipeline
+from sklearn import preprocessing
+
+import capsjax
+from experiments import train_lib
+
+# --ais presets: (num_betas, num_runs). "full" is Salakhutdinov and Murray's
+# (2008) MNIST setting; "quick" is a monitor, minutes on a CPU.
+AIS_PRESETS = {"quick": (1_000, 32), "full": (14_500, 100)}
+# Below this ESS (as a fraction of the runs) the AIS estimate is flagged.
+# With a few runs carrying all the weight, log Z is effectively one run's
+# weight: `log_z_std`, computed from those same weights, understates the
+# error, and AIS's log Z is biased low (Jensen), so the reported
+# log-likelihood is biased *high*; a degenerate estimate looks optimistic.
+MIN_ESS_FRACTION = 0.1
+# Fields of the config that name the run in the markdown header (the JSON
+# keeps the whole config).
+RUN_FIELDS = ("dataset", "binarize", "patch_size", "num_hidden_capsules",
+              "hidden_dim", "num_iterations", "k", "persistent", "mh",
+              "reroute", "through_routing", "optimizer", "learning_rate",
+              "num_steps", "seed")
+
+
+class EvaluationError(ValueError):
+  """A workdir that cannot be evaluated (no config, no checkpoint)."""
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, int, dict]:
+  """(config, step, params) of the workdir's latest checkpoint.
+
+  Raises EvaluationError (no config.json or no checkpoint) or
+  train_lib.ConfigError (a config the runner would reject).
+  """
+  try:
+    config = train_lib.load_config(workdir)
+  except FileNotFoundError:
+    raise EvaluationError(f"{workdir} holds no config.json: is it a training "
+                          "workdir?") from None
+  train_lib.validate_config(config)
+  mngr = train_lib.checkpoint_manager(config, workdir)
+  try:
+    state = train_lib.restore_latest(config, workdir, mngr)
+  finally:
+    mngr.close()
+  if state is None:
+    raise EvaluationError(f"no checkpoint in {workdir}")
+  return config, int(state.step), state.params
+
+
+# ---------------------------------------------------------------------------
+# Batched helpers.
+
+
+def _batched(fn: Callable, v: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn` over fixed-size batches of `v`, concatenated along axis 0.
+
+  The last batch is padded to `batch_size` and trimmed, so `fn` (jitted)
+  compiles once and memory stays at one batch whatever the test set size.
+  """
+  out = []
+  for start in range(0, len(v), batch_size):
+    batch = v[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      pad = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
+      batch = np.concatenate([batch, pad])
+    out.append(np.asarray(fn(batch))[:n])
+  return np.concatenate(out)
+
+
+def binarize_capsules(config, grey: np.ndarray, key, batch_size: int
+                      ) -> np.ndarray:
+  """Binarized capsules (N, Nv, Dv) of grey images, one key per batch."""
+  out = []
+  for i, start in enumerate(range(0, len(grey), batch_size)):
+    out.append(np.asarray(train_lib.to_capsules(
+        config, grey[start:start + batch_size], jax.random.fold_in(key, i))))
+  return np.concatenate(out)
+
+
+def base_bias(config, train_grey: np.ndarray, key, batch_size: int
+              ) -> jax.Array:
+  """`base_rate_bias` of the binarized training set, computed by batches."""
+  total = 0.0
+  for i, start in enumerate(range(0, len(train_grey), batch_size)):
+    v = train_lib.to_capsules(config, train_grey[start:start + batch_size],
+                              jax.random.fold_in(key, i))
+    total = total + jnp.sum(v, axis=0)
+  # The mean as a batch of one: base_rate_bias averages over leading axes.
+  return capsjax.base_rate_bias((total / len(train_grey))[None])
+
+
+# ---------------------------------------------------------------------------
+# The measures.
+
+
+def run_ais(key, params, num_iterations: int, bias, *, num_betas: int,
+            num_runs: int) -> dict:
+  """AIS log Z with its diagnostics and the reliability flag."""
+  ais = jax.jit(capsjax.ais, static_argnames=("num_iterations", "num_betas",
+                                              "num_runs"))
+  result = ais(key, params, num_iterations, num_betas=num_betas,
+               num_runs=num_runs, base_bias=bias)
+  ess = float(result.ess)
+  return {"log_z": float(result.log_z),
+          "log_z_std": float(result.log_z_std),
+          "log_z_base": float(result.log_z_base),
+          "ess": ess,
+          "acceptance_rate": float(result.acceptance_rate),
+          "reliable": bool(ess >= MIN_ESS_FRACTION * num_runs)}
+
+
+def log_probs(params, test_v: np.ndarray, num_iterations: int, log_z,
+                   batch_size: int) -> np.ndarray:
+  """`log p(v)` in nats of every test example, (N,)."""
+  fn = jax.jit(lambda v: capsjax.log_prob(params, v, num_iterations, log_z))
+  return _batched(fn, test_v, batch_size)
+
+
+def reconstruction_errors(params, v: np.ndarray, num_iterations: int,
+                          batch_size: int) -> np.ndarray:
+  """Per-example mean squared error of one up-down pass with c(v), (N,)."""
+  @jax.jit
+  def fn(v):
+    c = capsjax.route_visible(params, v, num_iterations)
+    return jnp.mean(jnp.square(v - capsjax.reconstruct(params, v, c)),
+                    axis=(-2, -1))
+  return _batched(fn, v, batch_size)
+
+
+def hidden_features(params, v: np.ndarray, num_iterations: int,
+                    batch_size: int) -> np.ndarray:
+  """Hidden probabilities p(h | v; c(v)), flattened to (N, Nh*Dh)."""
+  @jax.jit
+  def fn(v):
+    c = capsjax.route_visible(params, v, num_iterations)
+    h = capsjax.hidden_probs(params, v, c)
+    return h.reshape(h.shape[0], -1)
+  return _batched(fn, v, batch_size)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, *,
+                          max_iter: int = 1_000) -> float:
+  """Test accuracy of logistic regression fit on (train_x, train_y).
+
+  The features are standardized first (still a linear probe): hidden
+  probabilities near 0 or 1 otherwise slow L-BFGS down.
+  """
+  probe = pipeline.make_pipeline(
+      preprocessing.StandardScaler(),
+      linear_model.LogisticRegression(max_iter=max_iter))
+  probe.fit(train_x, train_y)
+  return float(probe.score(test_x, test_y))
+
+
+def clustering_accuracy(labels, clusters) -> float:
+  """Accuracy of the best one-to-one map from clusters to labels.
+
+  The Hungarian method on the cluster-label contingency table; with more
+  clusters than labels the unmatched clusters count as errors.
+  """
+  labels, clusters = np.asarray(labels), np.asarray(clusters)
+  if labels.shape != clusters.shape or labels.ndim != 1:
+    raise ValueError(f"labels {labels.shape} and clusters {clusters.shape} "
+                     "must be equal-length vectors")
+  _, label_ids = np.unique(labels, return_inverse=True)
+  _, cluster_ids = np.unique(clusters, return_inverse=True)
+  counts = np.zeros((cluster_ids.max() + 1, label_ids.max() + 1), np.int64)
+  np.add.at(counts, (cluster_ids, label_ids), 1)
+  rows, cols = scipy.optimize.linear_sum_assignment(counts, maximize=True)
+  return float(counts[rows, cols].sum() / len(labels))
+
+
+def kmeans_accuracy(features, labels, *, num_clusters: int = 10,
+                    seed: int = 0) -> float:
+  """k-means on `features`, scored by `clustering_accuracy`."""
+  kmeans = sk_cluster.KMeans(n_clusters=num_clusters, random_state=seed,
+                             n_init=10)
+  return clustering_accuracy(labels, kmeans.fit_predict(features))
+
+
+# ---------------------------------------------------------------------------
+# The whole evaluation.
+
+
+class Settings(NamedTuple):
+  ais: str = "quick"               # a key of AIS_PRESETS
+  num_betas: int | None = None     # overrides the preset
+  num_runs: int | None = None      # overrides the preset
+  probe_train_examples: int = 10_000  # 0: the whole train split
+  num_clusters: int = 10
+  batch_size: int = 1_000
+  seed: int = 0
+
+
+def ais_size(settings: Settings) -> tuple[int, int]:
+  if settings.ais not in AIS_PRESETS:
+    raise ValueError(f"ais must be one of {sorted(AIS_PRESETS)}; got "
+                     f"{settings.ais!r}")
+  betas, runs = AIS_PRESETS[settings.ais]
+  return settings.num_betas or betas, settings.num_runs or runs
+
+
+def evaluate(config, step: int, params, data: train_lib.Data,
+             settings: Settings = Settings()) -> dict:
+  """Every measure of the module docstring, with metadata and wall times."""
+  num_betas, num_runs = ais_size(settings)
+  r = config.num_iterations
+  bs = settings.batch_size
+  keys = dict(zip(("base", "test", "probe", "ais"),
+                  jax.random.split(jax.random.key(settings.seed), 4)))
+  times = {}
+
+  def timed(name, fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out)
+    times[name] = time.perf_counter() - start
+    return out
+
+  test_v = timed("binarize_test", binarize_capsules, config, data.test,
+                 keys["test"], bs)
+  bias = timed("base_rate", base_bias, config, data.train, keys["base"], bs)
+  ais = timed("ais", run_ais, keys["ais"], params, r, bias,
+              num_betas=num_betas, num_runs=num_runs)
+  log_p = timed("log_prob", log_probs, params, test_v, r, ais["log_z"],
+                bs)
+  recon = timed("reconstruction", reconstruction_errors, params, test_v, r, bs)
+
+  n_probe = settings.probe_train_examples or len(data.train)
+  n_probe = min(n_probe, len(data.train))
+  probe_v = binarize_capsules(config, data.train[:n_probe], keys["probe"], bs)
+  train_x = timed("features_train", hidden_features, params, probe_v, r, bs)
+  test_x = timed("features_test", hidden_features, params, test_v, r, bs)
+  probe = timed("probe", linear_probe_accuracy, train_x,
+                data.train_labels[:n_probe], test_x, data.test_labels)
+  clustering = timed("clustering", kmeans_accuracy, test_x, data.test_labels,
+                     num_clusters=settings.num_clusters, seed=settings.seed)
+
+  n_test = len(test_v)
+  return {
+      "step": step,
+      "num_test_examples": n_test,
+      "log_likelihood": {
+          "test_log_prob_mean": float(np.mean(log_p)),
+          # Spread over test examples (sem); log Z's own error is log_z_std.
+          "test_log_prob_sem": float(np.std(log_p, ddof=1) / np.sqrt(n_test)),
+          **ais,
+      },
+      "reconstruction_error": float(np.mean(recon)),
+      "linear_probe_accuracy": probe,
+      "clustering_accuracy": clustering,
+      "settings": {"ais": settings.ais, "num_betas": num_betas,
+                   "num_runs": num_runs, "beta_schedule": "piecewise",
+                   "min_ess_fraction": MIN_ESS_FRACTION,
+                   "base_model": "data marginals of the binarized train split",
+                   "probe_train_examples": n_probe,
+                   "num_clusters": settings.num_clusters,
+                   "batch_size": bs, "seed": settings.seed},
+      "config": config.to_dict(),
+      "wall_time_s": {k: round(v, 3) for k, v in times.items()},
+      "platform": {"jax_backend": jax.default_backend(),
+                   "devices": [str(d) for d in jax.devices()],
+                   "jax_version": jax.__version__,
+                   "machine": platform.machine()},
+  }
+
+
+# ---------------------------------------------------------------------------
+# Output.
+
+
+def _log_likelihood_cell(ll: dict) -> str:
+  if not ll["reliable"]:
+    return f"degenerate (ESS {ll['ess']:.1f})"
+  err = float(np.hypot(ll["test_log_prob_sem"], ll["log_z_std"]))
+  return f"{ll['test_log_prob_mean']:.2f} ± {err:.2f}"
+
+
+def to_markdown(results: dict, title: str = "Evaluation") -> str:
+  ll, s, cfg = results["log_likelihood"], results["settings"], results["config"]
+  rows = [
+      ("test log-likelihood (nats)", _log_likelihood_cell(ll)),
+      ("AIS log Z", (f"{ll['log_z']:.2f} ± {ll['log_z_std']:.2f} "
+                     f"(ESS {ll['ess']:.1f} of {s['num_runs']}, acceptance "
+                     f"{ll['acceptance_rate']:.3f})")),
+      ("test reconstruction error (per-pixel MSE)",
+       f"{results['reconstruction_error']:.4f}"),
+      ("linear probe test accuracy",
+       f"{results['linear_probe_accuracy']:.4f} "
+       f"({s['probe_train_examples']} train examples)"),
+      (f"k-means clustering accuracy ({s['num_clusters']} clusters, Hungarian)",
+       f"{results['clustering_accuracy']:.4f}"),
+  ]
+  run = ", ".join(f"{k}={cfg[k]}" for k in RUN_FIELDS if k in cfg)
+  times = ", ".join(f"{k} {v:.1f} s" for k, v in results["wall_time_s"].items())
+  plat = results["platform"]
+  lines = [
+      f"# {title} (step {results['step']})", "",
+      "| measure | value |", "| --- | --- |",
+      *(f"| {name} | {value} |" for name, value in rows), "",
+      f"Test set: {results['num_test_examples']} examples, binarized once "
+      f"(seed {s['seed']}). The log-likelihood's ± combines the spread over "
+      "test examples and log Z's delta-method error.", "",
+      f"AIS: {s['ais']}, {s['num_betas']} betas x {s['num_runs']} runs, "
+      f"{s['beta_schedule']} schedule, base model: {s['base_model']}; "
+      f"flagged degenerate below ESS {s['min_ess_fraction']:.0%} of runs.", "",
+      f"Run: {run}.", "",
+      f"Wall time: {times}.", "",
+      f"Device: {plat['jax_backend']} ({', '.join(plat['devices'])}), "
+      f"jax {plat['jax_version']}.", "",
+  ]
+  return "\n".join(lines)
+
+
+def write(results: dict, out_dir: str, title: str = "Evaluation"
+          ) -> tuple[str, str]:
+  """Writes eval.json and eval.md under `out_dir`; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  json_path = os.path.join(out_dir, "eval.json")
+  md_path = os.path.join(out_dir, "eval.md")
+  with open(json_path, "w") as f:
+    json.dump(results, f, indent=2)
+    f.write("\n")
+  with open(md_path, "w") as f:
+    f.write(to_markdown(results, title))
+  return json_path, md_path
