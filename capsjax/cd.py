@@ -99,8 +99,9 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
 
   if through_routing:
     def objective(p):
-      f = lambda x: jnp.mean(energies.routed_free_energy(p, x, r, visible=visible))
-      return f(v) - f(v_neg)
+      def mean_f(x):
+        return jnp.mean(energies.routed_free_energy(p, x, r, visible=visible))
+      return mean_f(v) - mean_f(v_neg)
     gap, grads = jax.value_and_grad(objective)(params)
   else:
     pos, f_pos = _free_energy_stats(params, v, c_data, visible)

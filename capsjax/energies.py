@@ -111,6 +111,6 @@ def sample_hidden(key, params, v, c):
 def sample_visible(key, params, h, c, *, visible: str = "bernoulli"):
   """Draws `v ~ p(v | h; c)`; returns (sample, mean)."""
   mean = visible_probs(params, h, c, visible=visible)
-  if visible == "bernoulli":
+  if validation.visible_type(visible) == "bernoulli":
     return jax.random.bernoulli(key, mean).astype(mean.dtype), mean
   return mean + jax.random.normal(key, mean.shape, mean.dtype), mean

@@ -49,11 +49,12 @@ def gibbs_step(key, state: ChainState, params, *, num_iterations: int,
   key_h, key_v = jax.random.split(key)
   h, _ = energies.sample_hidden(key_h, params, state.v, state.coefficients)
   v, mean = energies.sample_visible(key_v, params, h, state.coefficients,
-                                      visible=visible)
+                                    visible=visible)
   if reroute:
     c = routing.route_visible(params, v, num_iterations)
-  else:
-    c = jnp.broadcast_to(state.coefficients, v.shape[:-2] + state.coefficients.shape[-2:])
+  else:  # keep c, broadcast to the chain's batch shape (a static shape)
+    c = jnp.broadcast_to(state.coefficients,
+                         v.shape[:-2] + state.coefficients.shape[-2:])
   ones = jnp.ones(v.shape[:-2], v.dtype)
   return ChainState(v, c), ChainInfo(h, mean, ones, ones.astype(bool))
 
