@@ -80,9 +80,14 @@ def route(u_hat: jax.Array, num_iterations: int, *,
     return logits + _agreement(votes_for_logits, o)
 
   logits = jnp.zeros(u_hat.shape[:-1], u_hat.dtype)
-  # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
-  logits = lax.fori_loop(0, r - 1, update, logits)
-  c = jax.nn.softmax(logits, axis=-1)
+  if r == 1:
+    # Uniform; written out because XLA would constant-fold softmax(zeros),
+    # slowly for large batches.
+    c = jnp.full(logits.shape, 1.0 / logits.shape[-1], u_hat.dtype)
+  else:
+    # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
+    logits = lax.fori_loop(0, r - 1, update, logits)
+    c = jax.nn.softmax(logits, axis=-1)
   s = _weighted_votes(c, u_hat)
   return RoutingResult(coefficients=c, logits=logits, inputs=s,
                        outputs=squash(s))

@@ -53,7 +53,7 @@ def main(argv):
     config, step, params = evaluation.load_run(workdir)
     d = train_lib.load_data(config)
   except (evaluation.EvaluationError, train_lib.ConfigError,
-          data.DatasetNotFoundError) as e:
+          train_lib.DataError, data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   settings = evaluation.Settings(
       ais=_AIS.value, num_betas=_NUM_BETAS.value, num_runs=_NUM_RUNS.value,

@@ -41,7 +41,7 @@ def main(argv):
     config.sample_steps = _STEPS.value
   try:
     train_lib.validate_config(config)
-    mngr = train_lib.checkpoint_manager(config, _WORKDIR.value)
+    mngr = train_lib.checkpoint_manager(config, _WORKDIR.value, create=False)
     state = train_lib.restore_latest(config, _WORKDIR.value, mngr)
     if state is None:
       raise SystemExit(f"error: no checkpoint in {_WORKDIR.value}")

@@ -222,11 +222,13 @@ def abstract_state(config) -> capsjax.TrainState:
       lambda: initial_state(config, grey, make_optimizer(config)))
 
 
-def checkpoint_manager(config, workdir: str) -> ocp.CheckpointManager:
+def checkpoint_manager(config, workdir: str, *, create: bool = True
+                       ) -> ocp.CheckpointManager:
+  """The workdir's manager; `create=False` for readers (sample, evaluate)."""
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.LatestN(
           config.keep_checkpoints),
-      create=True)
+      create=create)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
                                             "checkpoints"), options=options)
 
