@@ -24,6 +24,7 @@ import platform
 import time
 from typing import Callable, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -291,15 +292,18 @@ def evaluate(config, step: int, params, data: train_lib.Data,
   times = {}
 
   def timed(name, fn, *args, **kwargs):
+    logging.info("evaluate: %s ...", name)  # progress: AIS can take minutes
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     jax.block_until_ready(out)
     times[name] = time.perf_counter() - start
+    logging.info("evaluate: %s done in %.1f s", name, times[name])
     return out
 
   test_v = timed("binarize_test", binarize_capsules, config, data.test,
                  keys["test"], bs)
   bias = timed("base_rate", base_bias, config, data.train, keys["base"], bs)
+  logging.info("AIS with %d betas x %d runs", num_betas, num_runs)
   ais = timed("ais", run_ais, keys["ais"], params, r, bias,
               num_betas=num_betas, num_runs=num_runs)
   log_p = timed("log_prob", log_probs, params, test_v, r, ais["log_z"], bs)
