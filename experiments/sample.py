@@ -46,7 +46,8 @@ def main(argv):
     if state is None:
       raise SystemExit(f"error: no checkpoint in {_WORKDIR.value}")
     d = train_lib.load_data(config)
-  except (train_lib.ConfigError, data.DatasetNotFoundError) as e:
+  except (train_lib.ConfigError, train_lib.DataError,
+          data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   marginals = data.images_to_capsules(d.train.mean(0), config.patch_size)
   blocks, acceptance = train_lib.sample_figure(
