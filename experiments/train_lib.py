@@ -233,6 +233,19 @@ def checkpoint_manager(config, workdir: str, *, create: bool = True
                                             "checkpoints"), options=options)
 
 
+def make_workdir(workdir: str) -> None:
+  """Creates the workdir and checks that it is writable, before any work."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable: "
+                      f"{e.strerror or e}") from None
+
+
 def check_workdir_config(config, workdir: str) -> None:
   """Records the config in a new workdir, or checks it against the record."""
   path = os.path.join(workdir, "config.json")
@@ -396,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> capsjax.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state."""
   validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   check_workdir_config(config, workdir)
   data = load_data(config)
   optimizer = make_optimizer(config)

@@ -279,3 +279,12 @@ def test_bad_data_is_named_before_training(corrupt, message):
     train_lib.check_images("x", np.zeros((4, 28, 27)))
   with pytest.raises(train_lib.DataError, match=r"empty"):
     train_lib.check_images("x", np.zeros((0, 28, 28)))
+
+
+def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"workdir .*a_file/run is not writable"):
+    train_lib.train_and_evaluate(tiny_config(data_dir),
+                                 str(blocker / "run"))
