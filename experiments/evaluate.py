@@ -50,19 +50,20 @@ def main(argv):
   metrics.quiet_orbax_logging()
   workdir = _WORKDIR.value
   try:
-    config, step, params = evaluation.load_run(workdir)
+    config, state = train_lib.load_run(workdir)
     d = train_lib.load_data(config)
-  except (evaluation.EvaluationError, train_lib.ConfigError,
-          train_lib.DataError, data.DatasetNotFoundError) as e:
+  except (train_lib.ConfigError, train_lib.DataError,
+          data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   settings = evaluation.Settings(
       ais=_AIS.value, num_betas=_NUM_BETAS.value, num_runs=_NUM_RUNS.value,
       probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
       batch_size=_BATCH.value, seed=_SEED.value)
-  results = evaluation.evaluate(config, step, params, d, settings)
+  results = evaluation.evaluate(config, int(state.step), state.params, d,
+                                settings)
   out = _OUT.value or os.path.join(workdir, "eval")
   paths = evaluation.write(results, out, title=f"Evaluation of {workdir}")
-  logging.info("Step %d: wrote %s", step, ", ".join(paths))
+  logging.info("Step %d: wrote %s", results["step"], ", ".join(paths))
   print(evaluation.to_markdown(results, title=f"Evaluation of {workdir}"))
 
 

@@ -60,36 +60,6 @@ RUN_FIELDS = ("dataset", "binarize", "patch_size", "num_hidden_capsules",
               "num_steps", "seed")
 
 
-class EvaluationError(ValueError):
-  """A workdir that cannot be evaluated (no config, no checkpoint)."""
-
-
-# ---------------------------------------------------------------------------
-# Loading.
-
-
-def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, int, dict]:
-  """(config, step, params) of the workdir's latest checkpoint.
-
-  Raises EvaluationError (no config.json or no checkpoint) or
-  train_lib.ConfigError (a config the runner would reject).
-  """
-  try:
-    config = train_lib.load_config(workdir)
-  except FileNotFoundError:
-    raise EvaluationError(f"{workdir} holds no config.json: is it a training "
-                          "workdir?") from None
-  train_lib.validate_config(config)
-  mngr = train_lib.checkpoint_manager(config, workdir, create=False)
-  try:
-    state = train_lib.restore_latest(config, workdir, mngr)
-  finally:
-    mngr.close()
-  if state is None:
-    raise EvaluationError(f"no checkpoint in {workdir}")
-  return config, int(state.step), state.params
-
-
 # ---------------------------------------------------------------------------
 # Batched helpers.
 

@@ -33,22 +33,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
   try:
-    config = train_lib.load_config(_WORKDIR.value)
-  except FileNotFoundError:
-    raise SystemExit(f"error: {_WORKDIR.value} holds no config.json: "
-                     "is it a training workdir?") from None
-  if _STEPS.value is not None:
-    config.sample_steps = _STEPS.value
-  try:
-    train_lib.validate_config(config)
-    mngr = train_lib.checkpoint_manager(config, _WORKDIR.value, create=False)
-    state = train_lib.restore_latest(config, _WORKDIR.value, mngr)
-    if state is None:
-      raise SystemExit(f"error: no checkpoint in {_WORKDIR.value}")
+    config, state = train_lib.load_run(_WORKDIR.value)
     d = train_lib.load_data(config)
   except (train_lib.ConfigError, train_lib.DataError,
           data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
+  if _STEPS.value is not None:
+    config.sample_steps = _STEPS.value
   marginals = data.images_to_capsules(d.train.mean(0), config.patch_size)
   blocks, acceptance = train_lib.sample_figure(
       config, train_lib.make_sampler(config, mh=_MH.value), state.params,

@@ -279,6 +279,29 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict,
+                                    capsjax.TrainState]:
+  """(config, state) of a workdir's latest checkpoint, for readers.
+
+  Raises ConfigError when the workdir has no config.json or no checkpoint,
+  or its config is one the runner would reject.
+  """
+  try:
+    config = load_config(workdir)
+  except FileNotFoundError:
+    raise ConfigError(f"{workdir} holds no config.json: is it a training "
+                      "workdir?") from None
+  validate_config(config)
+  mngr = checkpoint_manager(config, workdir, create=False)
+  try:
+    state = restore_latest(config, workdir, mngr)
+  finally:
+    mngr.close()
+  if state is None:
+    raise ConfigError(f"no checkpoint in {workdir}")
+  return config, state
+
+
 # ---------------------------------------------------------------------------
 # Steps, evaluation and samples.
 

@@ -69,7 +69,8 @@ def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
   workdir = str(tmp_path / "run")
   train_lib.train_and_evaluate(tiny_config(str(tmp_path / "tfds")), workdir)
 
-  config, step, params = evaluation.load_run(workdir)
+  config, state = train_lib.load_run(workdir)
+  step, params = int(state.step), state.params
   data = train_lib.load_data(config)
   settings = evaluation.Settings(**TINY_AIS, probe_train_examples=500,
                                  batch_size=300)  # 1000 = 3 batches + padding
@@ -138,8 +139,8 @@ def test_errors_are_one_line(tmp_path):
   # A config but no checkpoint (a run that never saved).
   with open(tmp_path / "config.json", "w") as f:
     f.write(tiny_config(str(tmp_path / "tfds")).to_json())
-  with pytest.raises(evaluation.EvaluationError, match="no checkpoint in"):
-    evaluation.load_run(str(tmp_path))
+  with pytest.raises(train_lib.ConfigError, match="no checkpoint in"):
+    train_lib.load_run(str(tmp_path))
 
 
 def test_clustering_accuracy_matches_clusters_to_labels():

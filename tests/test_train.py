@@ -56,11 +56,7 @@ def _override_flags(config):
 
 
 def _restore(workdir):
-  config = train_lib.load_config(workdir)
-  mngr = train_lib.checkpoint_manager(config, workdir, create=False)
-  state = train_lib.restore_latest(config, workdir, mngr)
-  mngr.close()
-  return state
+  return train_lib.load_run(workdir)[1]
 
 
 def test_train_and_evaluate_then_sample(data_dir, tmp_path):
