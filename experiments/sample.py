@@ -40,7 +40,7 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
   if _STEPS.value is not None:
     config.sample_steps = _STEPS.value
-  marginals = data.images_to_capsules(d.train.mean(0), config.patch_size)
+  marginals = train_lib.grey_marginals(config, d.train)
   blocks, acceptance = train_lib.sample_figure(
       config, train_lib.make_sampler(config, mh=_MH.value), state.params,
       jax.random.key(_SEED.value), d.test, marginals)

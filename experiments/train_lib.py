@@ -162,6 +162,11 @@ def check_images(name: str, images: np.ndarray) -> None:
                       f"the first is index {int(np.argmax(per_example))}")
 
 
+def grey_marginals(config, grey) -> np.ndarray:
+  """Mean grey level per visible neuron, (Nv, Dv): the data's marginals."""
+  return data_lib.images_to_capsules(grey.mean(0), config.patch_size)
+
+
 def to_capsules(config, grey, key):
   """Binarizes grey images and cuts them into capsules (..., Nv, Dv)."""
   binary = data_lib.binarize(key, grey, config.binarize)
@@ -198,7 +203,7 @@ def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
   nv, dv, nh, dh = shapes(config)
   keys = _keys(config)
   scale = weight_scale(config)
-  marginals = data_lib.images_to_capsules(train_grey.mean(0), config.patch_size)
+  marginals = grey_marginals(config, train_grey)
   # `config.init_scale` is the std of the effective weights W / scale.
   model = capsjax.CapsulePoE(
       nv, dv, nh, dh, rngs=nnx.Rngs(params=keys["init"]),
@@ -451,7 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   n_eval = min(config.num_eval_examples, len(data.test), len(data.train))
   train_eval_v = to_capsules(config, data.train[:n_eval], keys["eval_train"])
   test_eval_v = to_capsules(config, data.test[:n_eval], keys["eval_test"])
-  marginals = data_lib.images_to_capsules(data.train.mean(0), config.patch_size)
+  marginals = grey_marginals(config, data.train)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
   train_sums, num_logged = None, 0
