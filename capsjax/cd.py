@@ -33,7 +33,7 @@ def _free_energy_stats(params, v, c, visible):
   p = energies.hidden_probs(params, v, c)
   n = v.size // (v.shape[-1] * v.shape[-2])
   grads = {
-      "W": -jnp.einsum("...ij,...jk,...il->ijkl", c, p, v) / n,
+      "W": -energies.interaction_statistics(v, p, c) / n,
       "a": -jnp.mean((v - params["a"]) if visible == "gaussian" else v,
                      axis=tuple(range(v.ndim - 2))),
       "b": -jnp.mean(p, axis=tuple(range(p.ndim - 2))),
@@ -82,22 +82,38 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
     validation.visible(params, chain.v, "chain.v")
     validation.coefficients(params, chain.coefficients, "chain.coefficients")
 
-  c_data = jax.lax.stop_gradient(routing.route_visible(params, v, r))
+  # Uniform routing (r = 1): c is the same (Nv, Nh) matrix for every
+  # example and every chain, so it is kept unbatched and each conditional is
+  # one RBM matrix product (energies.py). Same values as routing each one.
+  shared = r == 1
+  if shared:
+    dtype = jnp.result_type(params["W"], v)
+    c_data = jnp.full(params["W"].shape[:2], 1.0 / params["W"].shape[1], dtype)
+  else:
+    c_data = jax.lax.stop_gradient(routing.route_visible(params, v, r))
   # A persistent chain's c was routed under the previous parameters: route
   # it anew (MH needs c = c(v); without `reroute`, c is then fixed for the
   # k steps of this update, as it is for chains started at the data).
-  start = jax.lax.stop_gradient(
-      sampling.init(params, v if chain is None else chain.v, r))
+  if chain is None or shared:
+    start = sampling.ChainState(v if chain is None else chain.v, c_data)
+  else:
+    start = jax.lax.stop_gradient(sampling.init(params, chain.v, r))
   end, infos = sampling.run(key, start, params, k, num_iterations=r, mh=mh,
-                            reroute=reroute, visible=visible)
+                            reroute=reroute or shared, visible=visible)
   v_neg, c_neg = end
   if mean_field_negative:
     v_neg = infos.last.visible_mean
-    c_neg = (routing.route_visible(params, v_neg, r) if reroute
+    c_neg = (routing.route_visible(params, v_neg, r) if reroute and not shared
              else end.coefficients)
   v_neg, c_neg = jax.lax.stop_gradient((v_neg, c_neg))
+  if shared:  # the returned chain has the batched shape of `init`'s
+    end = sampling.ChainState(
+        end.v, jnp.broadcast_to(end.coefficients,
+                                end.v.shape[:-2] + end.coefficients.shape))
 
-  if through_routing:
+  # With r = 1 nothing depends on the routing: the hand-written statistics
+  # are the gradient through it too.
+  if through_routing and not shared:
     def objective(p):
       def mean_f(x):
         return jnp.mean(energies.routed_free_energy(p, x, r, visible=visible))

@@ -10,23 +10,97 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from capsjax import routing
 from capsjax import validation
 
 
+# Layout (see BUILD_NOTES.md, "Performance"). Coefficients without batch
+# axes, (Nv, Nh), are shared by the whole batch (uniform routing, r = 1):
+# then c is folded into W and each contraction is one plain matrix product,
+# (B, Nv Dv) x (Nv Dv, Nh Dh), an RBM's. Per-example coefficients (B, Nv, Nh)
+# cannot be folded; the contractions then scale one operand by c (a tensor
+# the size of the votes, which XLA's CPU backend cannot fuse into a dot) and
+# run batched products with the batch axis leading and the contracted axes
+# contiguous, the layout the CPU dot emitter takes without transposing.
+
+
+def _flatten(x, batch_shape, trailing):
+  """x broadcast to batch_shape + trailing, as (B, *trailing)."""
+  x = jnp.broadcast_to(x, batch_shape + x.shape[-len(trailing):])
+  return x.reshape((-1,) + tuple(trailing))
+
+
+def _operands(params, x, c, batch_shape):
+  """(W, x, c) in one dtype; x and c flattened to a (B, ...) batch."""
+  dtype = jnp.result_type(params["W"], x, c)
+  W = params["W"].astype(dtype)
+  x = _flatten(x.astype(dtype), batch_shape, x.shape[-2:])
+  c = _flatten(c.astype(dtype), batch_shape, c.shape[-2:])
+  return W, x, c
+
+
+def coefficient_weighted_visible(v, c):
+  """`X[j, b, (i, l)] = c[b, i, j] v[b, i, l]`: v (B, Nv, Dv), c (B, Nv, Nh).
+
+  The left operand of `hidden_input`'s batched product and of
+  `interaction_statistics`'s: one expression, so XLA computes it once (CSE)
+  when both ask for the same (v, c).
+  """
+  x = jnp.transpose(c, (2, 0, 1))[..., None] * v[None]
+  return x.reshape(x.shape[:2] + (-1,))
+
+
 def hidden_input(params, v: jax.Array, c: jax.Array) -> jax.Array:
   """`s_j = sum_i c_ij W_ij v_i`, shape (..., Nh, Dh): the capsule input."""
-  validation.check_batch(v=validation.visible(params, v),
-                         c=validation.coefficients(params, c))
-  return jnp.einsum("...ij,ijkl,...il->...jk", c, params["W"], v)
+  batch_shape = validation.check_batch(v=validation.visible(params, v),
+                                       c=validation.coefficients(params, c))
+  if jnp.ndim(c) == 2:
+    return jnp.einsum("...il,ijkl->...jk", v, c[:, :, None, None] * params["W"])
+  W, v, c = _operands(params, v, c, batch_shape)
+  nv, nh, dh, dv = W.shape
+  w_by_upper = jnp.transpose(W, (1, 0, 3, 2)).reshape(nh, nv * dv, dh)
+  s = lax.dot_general(coefficient_weighted_visible(v, c), w_by_upper,
+                      (((2,), (1,)), ((0,), (0,))))  # (Nh, B, Dh)
+  return jnp.swapaxes(s, 0, 1).reshape(batch_shape + (nh, dh))
 
 
 def visible_input(params, h: jax.Array, c: jax.Array) -> jax.Array:
   """`x_i = sum_j c_ij W_ij^T h_j`, shape (..., Nv, Dv)."""
-  validation.check_batch(h=validation.hidden(params, h),
-                         c=validation.coefficients(params, c))
-  return jnp.einsum("...ij,ijkl,...jk->...il", c, params["W"], h)
+  batch_shape = validation.check_batch(h=validation.hidden(params, h),
+                                       c=validation.coefficients(params, c))
+  if jnp.ndim(c) == 2:
+    return jnp.einsum("...jk,ijkl->...il", h, c[:, :, None, None] * params["W"])
+  W, h, c = _operands(params, h, c, batch_shape)
+  nv, nh, dh, dv = W.shape
+  # Y[i, b, (j, k)] = c[b, i, j] h[b, j, k]; W is already (Nv, Nh Dh, Dv).
+  y = (jnp.transpose(c, (1, 0, 2))[..., None] * h[None]).reshape(nv, -1, nh * dh)
+  x = lax.dot_general(y, W.reshape(nv, nh * dh, dv),
+                      (((2,), (1,)), ((0,), (0,))))  # (Nv, B, Dv)
+  return jnp.swapaxes(x, 0, 1).reshape(batch_shape + (nv, dv))
+
+
+def interaction_statistics(v: jax.Array, p: jax.Array, c: jax.Array
+                           ) -> jax.Array:
+  """`sum_batch c_ij p_j v_i^T`, shape (Nv, Nh, Dh, Dv): minus dE/dW summed.
+
+  v (..., Nv, Dv), p (..., Nh, Dh) (hidden states or probabilities) and c
+  (..., Nv, Nh) or an unbatched (Nv, Nh), with the same leading axes.
+  """
+  if jnp.ndim(c) == 2:
+    return c[:, :, None, None] * jnp.einsum("...jk,...il->ijkl", p, v)
+  batch_shape = v.shape[:-2]
+  dtype = jnp.result_type(v, p, c)
+  v = _flatten(v.astype(dtype), batch_shape, v.shape[-2:])
+  p = _flatten(p.astype(dtype), batch_shape, p.shape[-2:])
+  c = _flatten(c.astype(dtype), batch_shape, c.shape[-2:])
+  nv, dv = v.shape[1:]
+  nh, dh = p.shape[1:]
+  g = lax.dot_general(jnp.transpose(p, (1, 2, 0)),
+                      coefficient_weighted_visible(v, c),
+                      (((2,), (1,)), ((0,), (0,))))  # (Nh, Dh, Nv Dv)
+  return jnp.transpose(g.reshape(nh, dh, nv, dv), (2, 0, 1, 3))
 
 
 def _visible_term(params, v, visible):

@@ -2,6 +2,15 @@
 
 MODEL.md section 2. Logits are per example and per (lower, upper) capsule
 pair; the softmax runs over the upper capsules.
+
+Performance (BUILD_NOTES.md, benchmarks/cd_benchmark.py): routing is
+memory-bound on the vote tensor, which each iteration reads twice. The batch
+is therefore routed in chunks (`lax.map`) small enough that a chunk's votes
+stay in cache for all the iterations, and inside a chunk the votes are laid
+out upper-capsule-major, (C, Nh, Nv, Dh), so that both the weighted sum and
+the agreement are batched matrix products with the batch axes leading (the
+layout XLA's CPU dot emitter takes without copies). `route_visible` computes
+each chunk's votes from `v` itself, so the whole batch's votes never exist.
 """
 
 from __future__ import annotations
@@ -16,6 +25,12 @@ from capsjax import validation
 
 # Inside the square root so that squash and its gradient are finite at s = 0.
 SQUASH_EPS = 1e-12
+
+# Bytes of votes per chunk of the batch. A few MB stays in the L2/L3 cache
+# through the iterations; measured best at 2-4 MB on a 2-core AMD EPYC
+# (32 MB L3) for 100 KB (49x16 -> 32x16) and 737 KB (1152x8 -> 10x16)
+# votes per example.
+CHUNK_BYTES = 3 * 2 ** 20
 
 
 def squash(s: jax.Array, axis: int = -1) -> jax.Array:
@@ -43,12 +58,71 @@ class RoutingResult(NamedTuple):
   outputs: jax.Array       # (..., Nh, Dh): squash(s_j)
 
 
-def _weighted_votes(c, u_hat):
-  return jnp.einsum("...ij,...ijk->...jk", c, u_hat)
+def _votes_by_upper(W, v):
+  """Votes of a flat batch v (C, Nv, Dv), laid out (C, Nh, Nv, Dh).
+
+  One batched product over the lower capsules i: (C, Dv) x (Dv, Nh Dh).
+  """
+  nv, nh, dh, dv = W.shape
+  u = lax.dot_general(jnp.swapaxes(v, 0, 1), W.reshape(nv, nh * dh, dv),
+                      (((2,), (2,)), ((0,), (0,))))  # (Nv, C, Nh Dh)
+  return jnp.transpose(u.reshape(nv, -1, nh, dh), (1, 2, 0, 3))
 
 
-def _agreement(u_hat, o):
-  return jnp.einsum("...ijk,...jk->...ij", u_hat, o)
+def _weighted_votes(c, u):
+  """`s_j = sum_i c_ij u_ij`: c (C, Nh, Nv), u (C, Nh, Nv, Dh) -> (C, Nh, Dh)."""
+  return lax.dot_general(c, u, (((2,), (2,)), ((0, 1), (0, 1))))
+
+
+def _agreement(u, o):
+  """`u_ij . o_j`: u (C, Nh, Nv, Dh), o (C, Nh, Dh) -> (C, Nh, Nv)."""
+  return lax.dot_general(u, o, (((3,), (2,)), ((0, 1), (0, 1))))
+
+
+def _route_chunk(u, r, stop_inner_gradients):
+  """Procedure 1 on votes laid out (C, Nh, Nv, Dh); returns (logits, c, s)."""
+  votes_for_logits = lax.stop_gradient(u) if stop_inner_gradients else u
+
+  def update(_, logits):
+    c = jax.nn.softmax(logits, axis=1)
+    o = squash(_weighted_votes(c, votes_for_logits))
+    return logits + _agreement(votes_for_logits, o)
+
+  # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
+  logits = lax.fori_loop(0, r - 1, update,
+                         jnp.zeros(u.shape[:-1], u.dtype))
+  c = jax.nn.softmax(logits, axis=1)
+  return logits, c, _weighted_votes(c, u)
+
+
+def _map_batch(f, x, bytes_per_example):
+  """`f` over chunks of the flat batch x (B, ...) via `lax.map`.
+
+  Chunks hold about `CHUNK_BYTES / bytes_per_example` examples, evened out
+  (the batch is zero-padded to a whole number of chunks, then cut back).
+  """
+  batch = x.shape[0]
+  max_chunk = max(1, CHUNK_BYTES // max(1, bytes_per_example))
+  if batch <= max_chunk:  # one chunk: no loop to compile
+    return f(x)
+  num_chunks = -(-batch // max_chunk)
+  chunk = -(-batch // num_chunks)
+  pad = num_chunks * chunk - batch
+  if pad:
+    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+  out = lax.map(f, x.reshape((num_chunks, chunk) + x.shape[1:]))
+  return jax.tree.map(
+      lambda y: y.reshape((num_chunks * chunk,) + y.shape[2:])[:batch], out)
+
+
+def _result(logits, c, s, batch_shape):
+  """A `RoutingResult` from chunk-layout (B, Nh, Nv) / (B, Nh, Dh) arrays."""
+  def unflat(x):
+    return x.reshape(batch_shape + x.shape[1:])
+  c = unflat(jnp.swapaxes(c, 1, 2))
+  s = unflat(s)
+  return RoutingResult(coefficients=c, logits=unflat(jnp.swapaxes(logits, 1, 2)),
+                       inputs=s, outputs=squash(s))
 
 
 def route(u_hat: jax.Array, num_iterations: int, *,
@@ -72,31 +146,56 @@ def route(u_hat: jax.Array, num_iterations: int, *,
   if jnp.ndim(u_hat) < 3:
     raise ValueError(
         f"u_hat must have shape (..., Nv, Nh, Dh); got {jnp.shape(u_hat)}")
-  votes_for_logits = lax.stop_gradient(u_hat) if stop_inner_gradients else u_hat
-
-  def update(_, logits):
-    c = jax.nn.softmax(logits, axis=-1)
-    o = squash(_weighted_votes(c, votes_for_logits))
-    return logits + _agreement(votes_for_logits, o)
-
-  logits = jnp.zeros(u_hat.shape[:-1], u_hat.dtype)
   if r == 1:
     # Uniform; written out because XLA would constant-fold softmax(zeros),
     # slowly for large batches.
-    c = jnp.full(logits.shape, 1.0 / logits.shape[-1], u_hat.dtype)
-  else:
-    # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
-    logits = lax.fori_loop(0, r - 1, update, logits)
-    c = jax.nn.softmax(logits, axis=-1)
-  s = _weighted_votes(c, u_hat)
-  return RoutingResult(coefficients=c, logits=logits, inputs=s,
-                       outputs=squash(s))
+    nh = u_hat.shape[-2]
+    c = jnp.full(u_hat.shape[:-1], 1.0 / nh, u_hat.dtype)
+    s = jnp.sum(u_hat, axis=-3) / nh
+    return RoutingResult(coefficients=c, logits=jnp.zeros_like(c), inputs=s,
+                         outputs=squash(s))
+  batch_shape = u_hat.shape[:-3]
+  nv, nh, dh = u_hat.shape[-3:]
+  flat = u_hat.reshape((-1, nv, nh, dh))
+  out = _map_batch(
+      lambda u: _route_chunk(jnp.transpose(u, (0, 2, 1, 3)), r,
+                             stop_inner_gradients),
+      flat, nv * nh * dh * u_hat.dtype.itemsize)
+  return _result(*out, batch_shape)
 
 
 def route_visible(params, v: jax.Array, num_iterations: int, **kwargs
                   ) -> jax.Array:
-  """The coefficients c(v) of the routed model (MODEL.md section 4)."""
-  return route(predictions(params, v), num_iterations, **kwargs).coefficients
+  """The coefficients c(v) of the routed model (MODEL.md section 4).
+
+  Equal to `route(predictions(params, v), num_iterations).coefficients`,
+  but each chunk of the batch computes its own votes, so the whole batch's
+  vote tensor is never materialized.
+  """
+  return _route_from_visible(params, v, num_iterations, **kwargs).coefficients
+
+
+def _route_from_visible(params, v: jax.Array, num_iterations: int, *,
+                 stop_inner_gradients: bool = False) -> RoutingResult:
+  """`route(predictions(params, v), num_iterations)`, votes made chunk by chunk."""
+  r = validation.num_iterations(num_iterations)
+  validation.visible(params, v)
+  W = params["W"]
+  nv, nh, dh, _ = W.shape
+  if r == 1:  # uniform: no votes needed for the coefficients
+    c = jnp.full(v.shape[:-2] + (nv, nh), 1.0 / nh,
+                 jnp.result_type(W, v))
+    s = jnp.einsum("...il,ijkl->...jk", v, W) / nh
+    return RoutingResult(coefficients=c, logits=jnp.zeros_like(c), inputs=s,
+                         outputs=squash(s))
+  batch_shape = v.shape[:-2]
+  dtype = jnp.result_type(W, v)
+  W = W.astype(dtype)
+  flat = v.reshape((-1,) + v.shape[-2:]).astype(dtype)
+  out = _map_batch(
+      lambda x: _route_chunk(_votes_by_upper(W, x), r, stop_inner_gradients),
+      flat, nv * nh * dh * dtype.itemsize)
+  return _result(*out, batch_shape)
 
 
 def routing_entropy(c: jax.Array) -> jax.Array:

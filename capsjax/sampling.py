@@ -25,7 +25,9 @@ from capsjax import validation
 
 class ChainState(NamedTuple):
   v: jax.Array             # (..., Nv, Dv): the visible state (a sample)
-  coefficients: jax.Array  # (..., Nv, Nh): the c used for the next step
+  coefficients: jax.Array  # (..., Nv, Nh): the c used for the next step;
+                           # (Nv, Nh) when shared by every chain (uniform
+                           # routing, r = 1), which the steps keep shared
 
 
 class ChainInfo(NamedTuple):
@@ -50,8 +52,17 @@ def gibbs_step(key, state: ChainState, params, *, num_iterations: int,
   h, _ = energies.sample_hidden(key_h, params, state.v, state.coefficients)
   v, mean = energies.sample_visible(key_v, params, h, state.coefficients,
                                     visible=visible)
-  if reroute:
+  shared = jnp.ndim(state.coefficients) == 2
+  if reroute and num_iterations == 1:
+    # c(v) is uniform for every v: no routing, and shared coefficients
+    # (Nv, Nh) stay shared (one matrix product per conditional).
+    shape = state.coefficients.shape[-2:]
+    c = jnp.full(shape if shared else v.shape[:-2] + shape,
+                 1.0 / shape[-1], state.coefficients.dtype)
+  elif reroute:
     c = routing.route_visible(params, v, num_iterations)
+  elif shared:  # keep as is
+    c = state.coefficients
   else:  # keep c, broadcast to the chain's batch shape (a static shape)
     c = jnp.broadcast_to(state.coefficients,
                          v.shape[:-2] + state.coefficients.shape[-2:])
@@ -85,7 +96,9 @@ def mh_step(key, state: ChainState, params, *, num_iterations: int,
   h, _ = energies.sample_hidden(key_h, params, v, c)
   proposal, mean = energies.sample_visible(key_v, params, h, c,
                                              visible=visible)
-  c_new = routing.route_visible(params, proposal, num_iterations)
+  # With one iteration c(v') = c(v) = uniform: every proposal is accepted.
+  c_new = (c if num_iterations == 1 else
+           routing.route_visible(params, proposal, num_iterations))
   log_ratio = mh_log_ratio(params, v, proposal, h, c, c_new, visible=visible)
   state, acceptance, accept = metropolis_accept(
       key_u, log_ratio, state, ChainState(proposal, c_new))
@@ -101,8 +114,11 @@ def metropolis_accept(key, log_ratio, current: ChainState,
   # log u < log_ratio, not u < acceptance: exact also when the ratio overflows.
   accept = jnp.log(jax.random.uniform(key, log_ratio.shape,
                                       log_ratio.dtype)) < log_ratio
-  state = jax.tree.map(lambda new, old: jnp.where(accept[..., None, None],
-                                                  new, old), proposed, current)
+  def select(new, old):
+    if new is old:  # e.g. shared coefficients that no proposal changes
+      return old
+    return jnp.where(accept[..., None, None], new, old)
+  state = jax.tree.map(select, proposed, current)
   return state, jnp.exp(jnp.minimum(log_ratio, 0.0)), accept
 
 

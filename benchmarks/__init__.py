@@ -1,0 +1,1 @@
+"""Benchmarks of capsjax: `python -m benchmarks.cd_benchmark --out=bench.json`."""

@@ -1,0 +1,422 @@
+r"""CD training throughput beside scikit-learn's BernoulliRBM and the matmul roofline.
+
+    python -m benchmarks.cd_benchmark --out=bench.json      # full, ~10 min on 2 cores
+    python -m benchmarks.cd_benchmark --quick --out=/tmp/b.json   # smoke, ~1 min
+
+Everything runs in one process, float32, on random binary data (throughput
+does not depend on the values). Measured in the same run:
+
+* the machine's ceiling: a large jitted float32 matmul, GFLOP/s;
+* `capsjax.train_step` (CD-k through `optax.sgd`) throughput, examples/s,
+  for (a) the plain-RBM-equivalent layer 49x16 -> 32x16 with one routing
+  iteration (784 -> 512 neurons) and (b) routed layers 49x16 -> 32x16 and
+  144x8 -> 10x16 with 1, 3 and 5 iterations; beside scikit-learn's
+  `BernoulliRBM(n_components=512, batch_size=100)` fitted on the same data
+  (float32), measured round-robin with them so that load from other
+  processes hits all alike (ratios are the robust figures on a shared
+  machine);
+* (c) routing alone (predictions + 3 iterations) at Sabour et al.'s digit
+  capsules, 1152x8 -> 10x16, batch 128, forward and with gradient;
+* (d) AIS throughput, betas x runs per second;
+* per case: FLOPs per step counted analytically and by XLA's cost analysis,
+  % of the measured ceiling, XLA's buffer sizes (arguments + outputs +
+  temporaries) as the peak memory, and whether any call recompiled.
+
+Times are medians over repeats after a warm-up call (which compiles).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import time
+from typing import Callable, NamedTuple
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import capsjax
+
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Smoke run: tiny sizes, few repeats (numbers meaningless).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per case.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 20, "Training steps (batches) per timed repeat.")
+_SKLEARN_EXAMPLES = flags.DEFINE_integer(
+    "sklearn_examples", 5000, "Examples per timed scikit-learn epoch.")
+
+
+class Layer(NamedTuple):
+  nv: int  # lower capsules
+  dv: int  # neurons per lower capsule
+  nh: int  # upper capsules
+  dh: int  # neurons per upper capsule
+
+  def __str__(self):
+    return f"{self.nv}x{self.dv}->{self.nh}x{self.dh}"
+
+
+PATCHES = Layer(49, 16, 32, 16)   # 784 -> 512 neurons: 4x4 pixel patches
+PAPER = Layer(144, 8, 10, 16)     # the paper's 144 capsules -> 10
+SABOUR = Layer(1152, 8, 10, 16)   # Sabour et al.'s primary -> digit capsules
+
+BATCH = 100
+
+
+# --------------------------------------------------------------------------
+# Timing and compiled-program statistics.
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def _round_robin(fns: dict[str, Callable[[], object]], repeats: int
+                 ) -> dict[str, list[float]]:
+  """Seconds per call of each fn, one call of each per round after a warm-up.
+
+  Round-robin, so that a burst of load from other processes slows every
+  case of a round alike rather than one case's repeats.
+  """
+  for fn in fns.values():
+    _time_once(fn)
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      times[name].append(_time_once(fn))
+  return times
+
+
+def _compiled_stats(jitted, *args, **kwargs) -> dict:
+  """XLA's FLOP count and buffer sizes of `jitted` at these arguments."""
+  compiled = jitted.lower(*args, **kwargs).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per device
+    cost = cost[0]
+  mem = compiled.memory_analysis()
+  peak = None
+  if mem is not None:
+    peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+            + mem.output_size_in_bytes - mem.alias_size_in_bytes)
+  return {"xla_flops": float(cost.get("flops", float("nan"))),
+          "peak_bytes": peak}
+
+
+def matmul_ceiling(n: int, repeats: int) -> dict:
+  """GFLOP/s of a jitted n x n float32 matmul: the machine's ceiling."""
+  keys = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(keys[0], (n, n), jnp.float32)
+  b = jax.random.normal(keys[1], (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  times = _round_robin({"matmul": lambda: matmul(a, b)}, repeats)["matmul"]
+  seconds = float(np.median(times))
+  return {"n": n, "seconds": seconds, "gflops": 2 * n ** 3 / seconds / 1e9,
+          "best_gflops": 2 * n ** 3 / min(times) / 1e9}
+
+
+# --------------------------------------------------------------------------
+# Analytic FLOP counts (multiply-adds count 2), matching the implementation.
+
+
+def contraction_flops(layer: Layer, batch: int) -> int:
+  """One full contraction, e.g. s = sum_i c_ij W_ij v_i: a (B, 784) x (784, 512) matmul."""
+  return 2 * batch * layer.nv * layer.dv * layer.nh * layer.dh
+
+
+def routing_flops(layer: Layer, batch: int, r: int) -> int:
+  """Votes, then r - 1 (weighted sum + agreement) and one more weighted sum."""
+  if r == 1:
+    return 0  # uniform: no votes computed
+  votes = contraction_flops(layer, batch)
+  weighted_sum = 2 * batch * layer.nv * layer.nh * layer.dh  # = agreement
+  return votes + (2 * (r - 1) + 1) * weighted_sum
+
+
+def cd_step_flops(layer: Layer, batch: int, k: int, r: int) -> int:
+  """The dominant FLOPs of one `train_step` (CD-k, rerouting each sample).
+
+  Contractions: 2 per Gibbs step (hidden, visible), the negative hidden
+  probabilities, two weight statistics, the reconstruction's visible pass,
+  and, for k > 1, the data's hidden probabilities again (the chain's first
+  step runs inside the scan, so XLA cannot share it). Routing: the data's
+  and one per Gibbs step. Elementwise work (sampling, sigmoids, the
+  optimizer) is O(B (Nv Dv + Nh Dh) + |W|) and left out.
+  """
+  contractions = 2 * k + 4 + (1 if k > 1 else 0)
+  return (contractions * contraction_flops(layer, batch)
+          + (k + 1) * routing_flops(layer, batch, r))
+
+
+# --------------------------------------------------------------------------
+# Cases.
+
+
+def _params(layer: Layer, seed: int = 0):
+  key = jax.random.key(seed)
+  return {"W": 0.01 * layer.nh * jax.random.normal(
+              key, (layer.nv, layer.nh, layer.dh, layer.dv), jnp.float32),
+          "a": jnp.zeros((layer.nv, layer.dv), jnp.float32),
+          "b": jnp.zeros((layer.nh, layer.dh), jnp.float32)}
+
+
+def _binary_data(num_examples: int, num_pixels: int, seed: int = 0
+                 ) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return (rng.random((num_examples, num_pixels)) < 0.2).astype(np.float32)
+
+
+class TrainCase(NamedTuple):
+  name: str
+  group: str
+  layer: Layer
+  k: int
+  r: int
+
+
+def train_cases(quick: bool) -> list[TrainCase]:
+  cases = [TrainCase("a_plain_cd1", "a", PATCHES, 1, 1),
+           TrainCase("a_plain_cd5", "a", PATCHES, 5, 1)]
+  iterations = (3,) if quick else (3, 5)
+  for layer in (PATCHES, PAPER):
+    for r in ((1,) if layer == PAPER else ()) + iterations:
+      for k in ((1,) if quick else (1, 5)):
+        cases.append(TrainCase(f"b_{layer}_r{r}_cd{k}", "b", layer, k, r))
+  return cases
+
+
+def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
+  """A callable running `steps` jitted train steps; (jitted step, its args)."""
+  layer = case.layer
+  opt = optax.sgd(0.01)
+  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt,
+                                   k=case.k, num_iterations=case.r))
+  batches = [jnp.asarray(data[i * BATCH:(i + 1) * BATCH].reshape(
+      BATCH, layer.nv, layer.dv)) for i in range(steps)]
+  state0 = capsjax.init_train_state(_params(layer), opt)
+  key = jax.random.key(1)
+  holder = {"state": state0}
+
+  def epoch():
+    state = holder["state"]
+    for batch in batches:
+      state, info = step(state, key, batch)
+    holder["state"] = state
+    return info.free_energy_gap
+
+  return epoch, (step, (state0, key, batches[0]))
+
+
+def _sklearn_epoch_fn(data: np.ndarray):
+  from sklearn.neural_network import BernoulliRBM  # pylint: disable=g-import-not-at-top
+
+  def epoch():
+    # n_iter=1: one pass, batch_size 100, over float32 data (fit keeps
+    # float32; partial_fit would convert to float64).
+    BernoulliRBM(n_components=512, batch_size=BATCH, n_iter=1,
+                 learning_rate=0.1, random_state=0).fit(data)
+
+  return epoch
+
+
+def training_benchmark(quick: bool, repeats: int, steps: int,
+                       sklearn_examples: int, ceiling_gflops: float
+                       ) -> tuple[dict, list[dict]]:
+  data = _binary_data(max(steps * BATCH, sklearn_examples), 784)
+  cases = train_cases(quick)
+  fns, jitted = {}, {}
+  for case in cases:
+    n_pix = case.layer.nv * case.layer.dv
+    case_data = data if n_pix == 784 else _binary_data(steps * BATCH, n_pix, 1)
+    fns[case.name], jitted[case.name] = _train_epoch_fn(case, case_data, steps)
+  fns["sklearn"] = _sklearn_epoch_fn(data[:sklearn_examples])
+  times = _round_robin(fns, repeats)
+
+  sk_times = np.asarray(times["sklearn"])
+  sklearn = {"examples": sklearn_examples,
+             "seconds": float(np.median(sk_times)),
+             "examples_per_s": sklearn_examples / float(np.median(sk_times))}
+  results = []
+  for case in cases:
+    step, example_args = jitted[case.name]
+    stats = _compiled_stats(step, *example_args)
+    t = np.asarray(times[case.name])
+    per_step = float(np.median(t)) / steps
+    flops = cd_step_flops(case.layer, BATCH, case.k, case.r)
+    # Paired ratios: each round's capsjax rate over the same round's sklearn.
+    paired = (steps * BATCH / t) / (sklearn_examples / sk_times)
+    results.append({
+        "case": case.name, "group": case.group, "layer": str(case.layer),
+        "neurons": f"{case.layer.nv * case.layer.dv}->"
+                   f"{case.layer.nh * case.layer.dh}",
+        "batch": BATCH, "cd_k": case.k, "num_iterations": case.r,
+        "reroute": True,
+        "examples_per_s": BATCH / per_step,
+        "best_examples_per_s": BATCH * steps / float(np.min(t)),
+        "step_ms": 1e3 * per_step,
+        "ratio_vs_sklearn": float(np.median(paired)),
+        "analytic_flops": flops,
+        "xla_flops": stats["xla_flops"],
+        "gflops": flops / per_step / 1e9,
+        "roofline_pct": 100 * flops / per_step / 1e9 / ceiling_gflops,
+        "peak_mb": (stats["peak_bytes"] or 0) / 2 ** 20,
+        # Programs compiled over the warm-up and all timed steps: 1 if no
+        # step recompiled.
+        "compilations": step._cache_size(),  # pylint: disable=protected-access
+    })
+  return sklearn, results
+
+
+def routing_benchmark(quick: bool, repeats: int) -> list[dict]:
+  """(c): predictions + 3 routing iterations at Sabour et al.'s size."""
+  layer, batch, r = (PAPER, 16, 3) if quick else (SABOUR, 128, 3)
+  params = _params(layer)
+  v = jnp.asarray(_binary_data(batch, layer.nv * layer.dv, 2).reshape(
+      batch, layer.nv, layer.dv))
+
+  def outputs(W, v):  # the public two-step API: the votes exist once
+    p = {**params, "W": W}
+    return capsjax.route(capsjax.predictions(p, v), r).outputs
+
+  forward = jax.jit(outputs)
+  fused = jax.jit(lambda W, v: capsjax.route_visible({**params, "W": W}, v, r))
+  grad = jax.jit(jax.grad(lambda W, v: jnp.sum(outputs(W, v) ** 2)))
+  fns = {"forward": lambda: forward(params["W"], v),
+         "route_visible": lambda: fused(params["W"], v),
+         "gradient": lambda: grad(params["W"], v)}
+  times = _round_robin(fns, repeats)
+  votes_mb = batch * layer.nv * layer.nh * layer.dh * 4 / 2 ** 20
+  results = []
+  for name, jitted in (("forward", forward), ("route_visible", fused),
+                       ("gradient", grad)):
+    stats = _compiled_stats(jitted, params["W"], v)
+    seconds = float(np.median(times[name]))
+    flops = (contraction_flops(layer, batch)
+             + routing_flops(layer, batch, r))
+    results.append({
+        "case": f"c_routing_{name}", "layer": str(layer), "batch": batch,
+        "num_iterations": r, "ms": 1e3 * seconds,
+        "examples_per_s": batch / seconds,
+        "analytic_flops": flops * (3 if name == "gradient" else 1),
+        "xla_flops": stats["xla_flops"],
+        "peak_mb": (stats["peak_bytes"] or 0) / 2 ** 20,
+        "votes_mb": votes_mb,
+    })
+  return results
+
+
+def ais_benchmark(quick: bool, repeats: int) -> list[dict]:
+  """(d): AIS transitions (betas x runs) per second on the 784 -> 512 layer."""
+  num_betas, num_runs = (20, 10) if quick else (200, 100)
+  params = _params(PATCHES)
+  results = []
+  fns, jitted = {}, {}
+  for r in (1, 3):
+    jitted[r] = jax.jit(functools.partial(
+        capsjax.ais, num_iterations=r, num_betas=num_betas,
+        num_runs=num_runs))
+    fns[r] = functools.partial(jitted[r], jax.random.key(3), params)
+  times = _round_robin(fns, max(2, repeats // 2))
+  for r in (1, 3):
+    seconds = float(np.median(times[r]))
+    stats = _compiled_stats(jitted[r], jax.random.key(3), params)
+    results.append({
+        "case": f"d_ais_r{r}", "layer": str(PATCHES), "num_iterations": r,
+        "num_betas": num_betas, "num_runs": num_runs, "seconds": seconds,
+        "transitions_per_s": num_betas * num_runs / seconds,
+        "peak_mb": (stats["peak_bytes"] or 0) / 2 ** 20,
+    })
+  return results
+
+
+# --------------------------------------------------------------------------
+# Report.
+
+
+def _table(ceiling, sklearn, train, routing, ais) -> str:
+  lines = [
+      f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
+      f"{os.cpu_count()} cores",
+      f"matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s "
+      f"({ceiling['n']}^3 float32, median; best {ceiling['best_gflops']:.1f})",
+      f"sklearn BernoulliRBM(512, batch 100, float32): "
+      f"{sklearn['examples_per_s']:.0f} examples/s",
+      "",
+      f"{'case':<28}{'ex/s':>9}{'x sklearn':>10}{'ms/step':>9}"
+      f"{'GFLOP/s':>9}{'%roof':>7}{'MFLOP':>8}{'XLA MFLOP':>10}"
+      f"{'peak MB':>9}{'compiles':>9}",
+  ]
+  for t in train:
+    lines.append(
+        f"{t['case']:<28}{t['examples_per_s']:>9.0f}"
+        f"{t['ratio_vs_sklearn']:>10.2f}{t['step_ms']:>9.2f}"
+        f"{t['gflops']:>9.1f}{t['roofline_pct']:>7.1f}"
+        f"{t['analytic_flops'] / 1e6:>8.0f}{t['xla_flops'] / 1e6:>10.0f}"
+        f"{t['peak_mb']:>9.1f}{t['compilations']:>9d}")
+  lines.append("")
+  for c in routing:
+    lines.append(
+        f"{c['case']:<28}{c['examples_per_s']:>9.0f} ex/s {c['ms']:>8.1f} ms"
+        f"  peak {c['peak_mb']:.0f} MB (votes {c['votes_mb']:.0f} MB)"
+        f"  [{c['layer']}, batch {c['batch']}]")
+  for d in ais:
+    lines.append(
+        f"{d['case']:<28}{d['transitions_per_s']:>9.0f} betas x runs / s"
+        f"  ({d['num_betas']} betas x {d['num_runs']} runs in "
+        f"{d['seconds']:.2f} s, peak {d['peak_mb']:.0f} MB)")
+  return "\n".join(lines)
+
+
+def run(quick: bool, repeats: int, steps: int, sklearn_examples: int) -> dict:
+  if quick:
+    repeats, steps, sklearn_examples = 2, 2, 500
+  load_at_start = os.getloadavg()
+  ceiling = matmul_ceiling(1024 if quick else 4096, max(3, repeats))
+  sklearn, train = training_benchmark(quick, repeats, steps, sklearn_examples,
+                                      ceiling["gflops"])
+  routing = routing_benchmark(quick, repeats)
+  ais = ais_benchmark(quick, repeats)
+  import sklearn as sk  # pylint: disable=g-import-not-at-top
+  return {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "machine": {"platform": platform.platform(),
+                  "processor": platform.processor(),
+                  "cpu_count": os.cpu_count(),
+                  "jax_backend": jax.default_backend(),
+                  "devices": [str(d) for d in jax.devices()],
+                  # Other processes' load, 1/5/15-minute averages: the
+                  # figures are only comparable within one run.
+                  "load_average_start": load_at_start,
+                  "load_average_end": os.getloadavg()},
+      "versions": {"jax": jax.__version__, "numpy": np.__version__,
+                   "sklearn": sk.__version__},
+      "settings": {"quick": quick, "repeats": repeats, "steps": steps,
+                   "batch": BATCH, "sklearn_examples": sklearn_examples,
+                   "dtype": "float32"},
+      "matmul_ceiling": ceiling, "sklearn": sklearn, "training": train,
+      "routing": routing, "ais": ais,
+      "table": _table(ceiling, sklearn, train, routing, ais),
+  }
+
+
+def main(argv):
+  del argv
+  result = run(_QUICK.value, _REPEATS.value, _STEPS.value,
+               _SKLEARN_EXAMPLES.value)
+  print(result["table"])
+  with open(_OUT.value, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"\nwrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

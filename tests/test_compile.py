@@ -1,0 +1,196 @@
+"""The fast paths: one compilation per training run, and the same numbers.
+
+Speed itself is measured in benchmarks/cd_benchmark.py, never asserted here.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import capsjax
+from capsjax import energies
+from capsjax import routing
+from tests import reference
+
+NV, DV, NH, DH = 3, 2, 2, 3
+
+
+def _params(seed, nv=NV, dv=DV, nh=NH, dh=DH):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return {"W": jax.random.normal(k[0], (nv, nh, dh, dv)),
+          "a": 0.5 * jax.random.normal(k[1], (nv, dv)),
+          "b": 0.5 * jax.random.normal(k[2], (nh, dh))}
+
+
+def _binary(seed, shape):
+  return jax.random.bernoulli(jax.random.key(seed), 0.4, shape).astype(
+      jnp.float32)
+
+
+class _CompileCounter:
+  """Counts XLA compilations (jax.monitoring's backend-compile events)."""
+
+  def __init__(self):
+    self.count = 0
+
+  def __call__(self, event, *args, **kwargs):
+    del args, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+
+@pytest.fixture
+def compile_counter():
+  counter = _CompileCounter()
+  jax.monitoring.register_event_duration_secs_listener(counter)
+  yield counter
+  jax.monitoring.unregister_event_duration_listener(counter)
+
+
+@pytest.mark.parametrize("num_iterations,persistent,mh", [
+    # The shared-coefficient (plain RBM) path: its persistent chain must
+    # keep the batched shape `init` gave it, through the scan and the MH step.
+    (1, True, True),
+    (3, False, False),  # chunked routing
+])
+def test_train_step_compiles_once(compile_counter, num_iterations,
+                                  persistent, mh):
+  params = _params(0)
+  opt = optax.sgd(0.1)
+  batch = 4
+  chains = _binary(1, (batch, NV, DV)) if persistent else None
+  state = capsjax.init_train_state(params, opt, persistent_chains=chains,
+                                   num_iterations=num_iterations)
+  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt, k=2,
+                                   num_iterations=num_iterations, mh=mh))
+  state, _ = step(state, jax.random.key(0), _binary(2, (batch, NV, DV)))
+  compiled = compile_counter.count
+  for t in range(3):  # fresh data and keys: nothing may recompile
+    state, info = step(state, jax.random.key(t + 1),
+                       _binary(t + 3, (batch, NV, DV)))
+  jax.block_until_ready(state)
+  assert step._cache_size() == 1
+  assert compile_counter.count == compiled
+  assert int(state.step) == 4
+  assert np.isfinite(float(info.free_energy_gap))
+  if persistent:
+    assert state.chain.coefficients.shape == (batch, NV, NH)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+  """Routes in chunks of 2 examples, so batches of 5 are padded and looped."""
+  monkeypatch.setattr(routing, "CHUNK_BYTES", 2 * NV * NH * DH * 4)
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_chunked_routing_equals_procedure_1(small_chunks, r):
+  del small_chunks
+  params = _params(1)
+  v = np.asarray(_binary(5, (5, NV, DV)), np.float64)
+  W = np.asarray(params["W"], np.float64)
+  expected = np.stack([reference.route(reference.predictions(W, x), r)
+                       for x in v])
+  fused = jax.jit(capsjax.route_visible, static_argnums=2)(
+      params, jnp.asarray(v, jnp.float32), r)
+  np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
+  u = np.stack([reference.predictions(W, x) for x in v])
+  two_step = jax.jit(capsjax.route, static_argnums=1)(
+      jnp.asarray(u, jnp.float32), r)
+  np.testing.assert_allclose(two_step.coefficients, expected, rtol=1e-5,
+                             atol=1e-6)
+  s = np.einsum("bij,bijk->bjk", expected, u)
+  np.testing.assert_allclose(two_step.inputs, s, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_routing_gradient_and_vmap(small_chunks):
+  del small_chunks
+  params = _params(2)
+  v = _binary(6, (2, 5, NV, DV))  # two leading axes
+
+  @jax.jit
+  def check(W):
+    p = {**params, "W": W}
+    c = capsjax.route_visible(p, v, 2)
+    per_row = jax.vmap(lambda x: capsjax.route_visible(p, x, 2))(v)
+
+    def loss(W, chunked):
+      q = {**params, "W": W}
+      c = (capsjax.route_visible(q, v, 2) if chunked else capsjax.route(
+          jnp.einsum("ijkl,...il->...ijk", W, v), 2).coefficients)
+      return jnp.sum(jnp.sin(c))
+    return c, per_row, jax.grad(loss)(W, True), jax.grad(loss)(W, False)
+
+  c, per_row, chunked, plain = check(params["W"])
+  np.testing.assert_allclose(per_row, c, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(chunked, plain, rtol=1e-4, atol=1e-6)
+
+
+def _loop_statistics(v, p, c):
+  """sum_b c[b, i, j] p[b, j] v[b, i]^T by explicit loops."""
+  b_, nv, dv = v.shape
+  nh, dh = p.shape[1:]
+  out = np.zeros((nv, nh, dh, dv))
+  for b in range(b_):
+    for i in range(nv):
+      for j in range(nh):
+        out[i, j] += c[b, i, j] * np.outer(p[b, j], v[b, i])
+  return out
+
+
+def _loop_inputs(W, v, c):
+  """s[b, j] = sum_i c[b, i, j] W[i, j] v[b, i] and x[b, i] = sum_j c W^T h."""
+  return np.stack([sum(c[b, i, :, None] * reference.predictions(W, v[b])[i]
+                       for i in range(W.shape[0])) for b in range(len(v))])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_contractions_equal_loops(shared):
+  params = _params(3)
+  W = np.asarray(params["W"], np.float64)
+  v = np.asarray(_binary(7, (4, NV, DV)), np.float64)
+  h = np.asarray(_binary(8, (4, NH, DH)), np.float64)
+  c = np.asarray(jax.nn.softmax(jax.random.normal(jax.random.key(9),
+                                                  (4, NV, NH))), np.float64)
+  if shared:
+    c = np.broadcast_to(c[0], c.shape)
+  c_arg = jnp.asarray(c[0] if shared else c, jnp.float32)
+
+  @jax.jit
+  def contractions(v, h, c):
+    return (energies.hidden_input(params, v, c),
+            energies.visible_input(params, h, c),
+            energies.interaction_statistics(v, h, c))
+
+  s, x, stats = contractions(jnp.asarray(v, jnp.float32),
+                             jnp.asarray(h, jnp.float32), c_arg)
+  np.testing.assert_allclose(s, _loop_inputs(W, v, c), rtol=1e-5, atol=1e-5)
+  expected_x = np.stack([[sum(c[b, i, j] * W[i, j].T @ h[b, j]
+                              for j in range(NH)) for i in range(NV)]
+                         for b in range(4)])
+  np.testing.assert_allclose(x, expected_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stats, _loop_statistics(v, h, c), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_shared_coefficients_cd_equals_routed_one_iteration():
+  """r = 1 runs on unbatched c; its gradient is the batched-c formula's."""
+  params = _params(4)
+  v = _binary(10, (6, NV, DV))
+  cd = jax.jit(capsjax.cd_gradient, static_argnames=("k", "num_iterations"))
+  grads, info = cd(params, jax.random.key(11), v, k=1, num_iterations=1)
+  v_neg = info.chain.v
+  c = jnp.full((6, NV, NH), 1.0 / NH)
+  np.testing.assert_allclose(info.chain.coefficients, c)
+
+  def gap(p):
+    return (jnp.mean(capsjax.free_energy(p, v, c))
+            - jnp.mean(capsjax.free_energy(p, v_neg, c)))
+  expected = jax.jit(jax.grad(gap))(params)
+  for name in params:
+    np.testing.assert_allclose(grads[name], expected[name], rtol=1e-5,
+                               atol=1e-6)
