@@ -1,13 +1,18 @@
 r"""Evaluates a training workdir's latest checkpoint on the test set.
 
   python -m experiments.evaluate --workdir=/tmp/capsjax_default \
-      [--ais=quick|full] [--out=/tmp/capsjax_default/eval]
+      [--ais=quick|full] [--out=/tmp/capsjax_default/eval] \
+      [--classifier_workdir=runs/classifier]
 
 Writes eval.json and eval.md (a markdown table) under --out: the test
 log-likelihood in nats (AIS log Z from the data-marginal base model;
 --ais=quick is 1,000 betas x 32 runs, --ais=full the literature's 14,500 x
 100), the one-pass reconstruction error, a linear probe's test accuracy and
-k-means clustering accuracy on the hidden probabilities. See
+k-means clustering accuracy on the hidden probabilities, and with
+--classifier_workdir (a classifier from `python -m
+experiments.train_classifier`) the Fréchet distance between
+--frechet_samples model samples and the binarized test set on its features,
+with the train-versus-test distance as the floor. See
 experiments/evaluation.py.
 """
 
@@ -18,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from capsjax import data
+from experiments import classifier
 from experiments import evaluation
 from experiments import metrics
 from experiments import train_lib
@@ -42,6 +48,16 @@ _BATCH = flags.DEFINE_integer("batch_size", 1_000, "Examples per device "
                               "batch (bounds memory).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the binarization, AIS and "
                              "k-means.")
+_CLASSIFIER = flags.DEFINE_string(
+    "classifier_workdir", None, "A classifier workdir (python -m "
+    "experiments.train_classifier): adds the Fréchet distance.")
+_FD_SAMPLES = flags.DEFINE_integer("frechet_samples", 10_000, "Model samples "
+                                   "(and floor train images) of the Fréchet "
+                                   "distance.", lower_bound=2)
+_FD_STEPS = flags.DEFINE_integer("frechet_steps", 1_000, "Gibbs steps of each "
+                                 "sampling chain.", lower_bound=1)
+_FD_MH = flags.DEFINE_bool("frechet_mh", False, "MH-corrected sampling "
+                           "chains.")
 
 
 def main(argv):
@@ -52,15 +68,19 @@ def main(argv):
   try:
     config, state = train_lib.load_run(workdir)
     d = train_lib.load_data(config)
+    clf = (classifier.load(_CLASSIFIER.value, batch_size=_BATCH.value)
+           if _CLASSIFIER.value else None)
   except (train_lib.ConfigError, train_lib.DataError,
-          data.DatasetNotFoundError) as e:
+          data.DatasetNotFoundError, classifier.ClassifierError) as e:
     raise SystemExit(f"error: {e}") from None
   settings = evaluation.Settings(
       ais=_AIS.value, num_betas=_NUM_BETAS.value, num_runs=_NUM_RUNS.value,
       probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
-      batch_size=_BATCH.value, seed=_SEED.value)
+      batch_size=_BATCH.value, seed=_SEED.value,
+      frechet_samples=_FD_SAMPLES.value, frechet_steps=_FD_STEPS.value,
+      frechet_mh=_FD_MH.value)
   results = evaluation.evaluate(config, int(state.step), state.params, d,
-                                settings)
+                                settings, classifier=clf)
   out = _OUT.value or os.path.join(workdir, "eval")
   paths = evaluation.write(results, out, title=f"Evaluation of {workdir}")
   logging.info("Step %d: wrote %s", results["step"], ", ".join(paths))

@@ -9,6 +9,10 @@ with
   - k-means clustering accuracy of the test hidden probabilities, clusters
     matched to labels by the Hungarian method (as stacked capsule
     autoencoders report it);
+  - with a classifier (experiments/classifier.py), the Fréchet distance
+    between model samples and the binarized test set on its features, and
+    its floor: the distance of as many binarized training images
+    (experiments/frechet.py);
 and the run's metadata. `to_markdown` renders it as a table.
 
 Every binarization and chain is drawn from `seed`, so two evaluations of the
@@ -36,6 +40,9 @@ from sklearn import pipeline
 from sklearn import preprocessing
 
 import capsjax
+from capsjax import data as data_lib
+from experiments import classifier as classifier_lib
+from experiments import frechet
 from experiments import train_lib
 
 # --ais presets: (num_betas, num_runs). "full" is Salakhutdinov and Murray's
@@ -54,10 +61,13 @@ MIN_ESS_FRACTION = 0.1
 MIN_ESS = 2.0
 # Fields of the config that name the run in the markdown header (the JSON
 # keeps the whole config).
-RUN_FIELDS = ("dataset", "binarize", "patch_size", "num_hidden_capsules",
-              "hidden_dim", "num_iterations", "k", "persistent", "mh",
-              "reroute", "through_routing", "optimizer", "learning_rate",
-              "num_steps", "seed")
+RUN_FIELDS = ("baseline", "dataset", "binarize", "patch_size",
+              "num_hidden_capsules", "hidden_dim", "num_iterations", "k",
+              "persistent", "mh", "reroute", "through_routing", "optimizer",
+              "learning_rate", "num_steps", "seed")
+# What the report says when no classifier was given.
+FRECHET_HINT = ("pass --classifier_workdir=DIR, a classifier trained with "
+                "`python -m experiments.train_classifier --workdir=DIR`")
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +239,76 @@ def kmeans_accuracy(features, labels, *, num_clusters: int = 10,
   return clustering_accuracy(labels, kmeans.fit_predict(features))
 
 
+def _family(dataset: str) -> str:
+  return dataset.removesuffix("_small")  # mnist_small is MNIST digits
+
+
+def frechet_measures(key, config, params, train_grey: np.ndarray,
+                     test_v: np.ndarray, classifier: classifier_lib.Loaded,
+                     settings: "Settings",
+                     timed=lambda name, fn, *a, **k: fn(*a, **k)) -> dict:
+  """The Fréchet distance of model samples to the test set, and its floor.
+
+  Model samples: `settings.frechet_samples` binary states of chains started
+  at the data marginals after `settings.frechet_steps` steps (the model is
+  a distribution over binary images and the test set is binarized, so like
+  is compared with like). Floor: as many binarized training images (a
+  random subset when fewer), what a model that had learned the data
+  exactly would score with that many samples; the estimate is biased
+  upwards for finite counts, so the floor is not 0. Both are measured
+  against the same binarized test set `test_v` (M, Nv, Dv).
+  """
+  sample_key, subset_key, binarize_key = jax.random.split(key, 3)
+  n = settings.frechet_samples
+  bs = settings.batch_size
+  to_images = functools.partial(data_lib.capsules_to_images,
+                                patch=config.patch_size)
+  marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
+  samples, acceptance = timed(
+      "frechet_sampling", frechet.model_samples, sample_key, params,
+      marginals, num_samples=n, num_steps=settings.frechet_steps,
+      num_iterations=config.num_iterations, mh=settings.frechet_mh,
+      batch_size=bs)
+  n_floor = min(n, len(train_grey))
+  # A random subset: the embedded subset's files are ordered.
+  subset = np.sort(np.asarray(jax.random.permutation(
+      subset_key, len(train_grey)))[:n_floor])
+  train_v = binarize_capsules(config, train_grey[subset], binarize_key, bs)
+
+  def stats(v):
+    return frechet.feature_stats(classifier.features(to_images(v)))
+
+  test_stats = timed("frechet_features_test", stats, test_v)
+  model_stats = timed("frechet_features_samples", stats, samples)
+  floor_stats = timed("frechet_features_train", stats, train_v)
+  info = classifier.info
+  if _family(info["config"]["dataset"]) != _family(config.dataset):
+    logging.warning("The classifier was trained on %s, the run on %s: its "
+                    "features may not fit these images",
+                    info["config"]["dataset"], config.dataset)
+  return {
+      "computed": True,
+      "distance": frechet.frechet_distance(*model_stats, *test_stats),
+      "floor_train_vs_test": frechet.frechet_distance(*floor_stats,
+                                                      *test_stats),
+      "num_samples": n,
+      "num_floor_train_examples": n_floor,
+      "num_test_examples": len(test_v),
+      "sample_steps": settings.frechet_steps,
+      "mh": settings.frechet_mh,
+      "sample_acceptance_rate": acceptance,
+      "samples": "binary states after the last step of chains started at "
+                 "Bernoulli(data marginals)",
+      "classifier": {
+          "workdir": info.get("workdir"),
+          "dataset": info["config"]["dataset"],
+          "num_features": info["config"]["num_features"],
+          "test_accuracy": info.get("test_accuracy"),
+          "test_accuracy_binarized": info.get("test_accuracy_binarized"),
+      },
+  }
+
+
 # ---------------------------------------------------------------------------
 # The whole evaluation.
 
@@ -241,6 +321,10 @@ class Settings(NamedTuple):
   num_clusters: int = 10
   batch_size: int = 1_000
   seed: int = 0
+  frechet_samples: int = 10_000  # model samples (and floor train images)
+  frechet_steps: int = 1_000     # Gibbs steps per chain
+  frechet_mh: bool = False       # MH-corrected chains
+
 
 
 def ais_size(settings: Settings) -> tuple[int, int]:
@@ -252,8 +336,13 @@ def ais_size(settings: Settings) -> tuple[int, int]:
 
 
 def evaluate(config, step: int, params, data: train_lib.Data,
-             settings: Settings = Settings()) -> dict:
-  """Every measure of the module docstring, with metadata and wall times."""
+             settings: Settings = Settings(),
+             classifier: classifier_lib.Loaded | None = None) -> dict:
+  """Every measure of the module docstring, with metadata and wall times.
+
+  The Fréchet distance needs `classifier` (`experiments.classifier.load`);
+  without it the report says it was not computed.
+  """
   num_betas, num_runs = ais_size(settings)
   r = config.num_iterations
   bs = settings.batch_size
@@ -289,6 +378,13 @@ def evaluate(config, step: int, params, data: train_lib.Data,
                 data.train_labels[:n_probe], test_x, data.test_labels)
   clustering = timed("clustering", kmeans_accuracy, test_x, data.test_labels,
                      num_clusters=settings.num_clusters, seed=settings.seed)
+  if classifier is None:
+    fd = {"computed": False, "note": FRECHET_HINT}
+  else:
+    # Its own stream, so the other measures keep their keys.
+    fd_key = jax.random.fold_in(jax.random.key(settings.seed), 4)
+    fd = frechet_measures(fd_key, config, params, data.train, test_v,
+                          classifier, settings, timed)
 
   n_test = len(test_v)
   return {
@@ -303,6 +399,7 @@ def evaluate(config, step: int, params, data: train_lib.Data,
       "reconstruction_error": float(np.mean(recon)),
       "linear_probe_accuracy": probe,
       "clustering_accuracy": clustering,
+      "frechet": fd,
       "settings": {"ais": settings.ais, "num_betas": num_betas,
                    "num_runs": num_runs, "beta_schedule": "piecewise",
                    "min_ess": ess_threshold(num_runs),
@@ -338,6 +435,29 @@ def _log_z_cell(ll: dict, num_runs: int) -> str:
   return f"{ll['log_z']:.2f} ± {ll['log_z_std']:.2f} ({diagnostics})"
 
 
+def _frechet_cell(fd: dict | None) -> str:
+  if not fd or not fd.get("computed"):
+    return "not computed (" + (fd or {}).get("note", FRECHET_HINT) + ")"
+  return (f"{fd['distance']:.2f} (floor, binarized train vs test: "
+          f"{fd['floor_train_vs_test']:.2f})")
+
+
+def _frechet_notes(fd: dict | None) -> list[str]:
+  if not fd or not fd.get("computed"):
+    return []
+  clf = fd["classifier"]
+  accuracy = clf.get("test_accuracy")
+  accuracy = "" if accuracy is None else f", test accuracy {accuracy:.4f}"
+  mh = ", MH-corrected" if fd["mh"] else ""
+  return [
+      f"Fréchet distance: {fd['num_samples']} model samples ({fd['samples']}; "
+      f"{fd['sample_steps']} Gibbs steps{mh}) and, for the floor, "
+      f"{fd['num_floor_train_examples']} binarized training images, each "
+      f"against the {fd['num_test_examples']} binarized test images; features "
+      f"of the {clf['num_features']}-unit penultimate layer of the classifier "
+      f"in {clf['workdir']} (trained on {clf['dataset']}{accuracy}).", ""]
+
+
 def to_markdown(results: dict, title: str = "Evaluation") -> str:
   """The results as a markdown table, with settings, run and timing notes."""
   ll, s, cfg = results["log_likelihood"], results["settings"], results["config"]
@@ -351,6 +471,8 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
        f"({s['probe_train_examples']} train examples)"),
       (f"k-means clustering accuracy ({s['num_clusters']} clusters, Hungarian)",
        f"{results['clustering_accuracy']:.4f}"),
+      ("Fréchet distance, samples vs test (classifier features)",
+       _frechet_cell(results.get("frechet"))),
   ]
   run = ", ".join(f"{k}={cfg[k]}" for k in RUN_FIELDS if k in cfg)
   times = ", ".join(f"{k} {v:.1f} s" for k, v in results["wall_time_s"].items())
@@ -365,6 +487,7 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
       f"AIS: {s['ais']}, {s['num_betas']} betas x {s['num_runs']} runs, "
       f"{s['beta_schedule']} schedule, base model: {s['base_model']}; "
       f"flagged degenerate below ESS {s['min_ess']:.1f}.", "",
+      *_frechet_notes(results.get("frechet")),
       f"Run: {run}.", "",
       f"Wall time: {times}.", "",
       f"Device: {plat['jax_backend']} ({', '.join(plat['devices'])}), "

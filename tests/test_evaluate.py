@@ -18,8 +18,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_AIS = dict(ais="quick", num_betas=50, num_runs=8)
 TOP_KEYS = {"step", "num_test_examples", "log_likelihood",
             "reconstruction_error", "linear_probe_accuracy",
-            "clustering_accuracy", "settings", "config", "wall_time_s",
-            "platform"}
+            "clustering_accuracy", "frechet", "settings", "config",
+            "wall_time_s", "platform"}
 LL_KEYS = {"test_log_prob_mean", "test_log_prob_sem", "log_z", "log_z_std",
            "log_z_base", "ess", "acceptance_rate", "reliable"}
 
@@ -53,6 +53,9 @@ def _check_results(results, num_runs):
   assert 0 < results["reconstruction_error"] < 0.25
   assert 0.1 < results["linear_probe_accuracy"] <= 1  # above chance
   assert 0.1 <= results["clustering_accuracy"] <= 1
+  # No --classifier_workdir: tests/test_frechet.py covers the distance.
+  assert results["frechet"] == {"computed": False,
+                                "note": evaluation.FRECHET_HINT}
   assert results["settings"]["num_runs"] == num_runs
   assert results["platform"]["jax_backend"]
   assert all(t >= 0 for t in results["wall_time_s"].values())
