@@ -28,7 +28,9 @@ import tqdm
 import capsjax
 from capsjax import data as data_lib
 from experiments import images
+from experiments.configs import default as default_config
 from experiments import metrics as metrics_lib
+from experiments import sharding as sharding_lib
 
 IMAGE_SIZE = 28
 # The only config fields that may change when a workdir is resumed: the
@@ -37,7 +39,10 @@ IMAGE_SIZE = 28
 RESUMABLE_FIELDS = ("num_steps", "log_every_steps", "eval_every_steps",
                     "sample_every_steps", "checkpoint_every_steps",
                     "keep_checkpoints", "num_eval_examples", "num_samples",
-                    "sample_steps", "data_dir", "data_manual_dir")
+                    "sample_steps", "data_dir", "data_manual_dir",
+                    "on_divergence", "rollback_lr_factor", "max_rollbacks",
+                    # The layout over devices: a checkpoint restores on any.
+                    "num_devices", "shard_weights")
 
 
 # ---------------------------------------------------------------------------
@@ -85,6 +90,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("mean_field_negative", "cannot be combined with config.mh")
   if config.visible != "bernoulli":
     fail("visible", "the runner trains on binarized images: use 'bernoulli'")
+  if (isinstance(config.num_devices, bool)
+      or not isinstance(config.num_devices, int) or config.num_devices < 0):
+    fail("num_devices", "must be an integer >= 0 (0 = all devices)")
+  if not isinstance(config.shard_weights, bool):
+    fail("shard_weights", "must be True or False")
+  if config.on_divergence not in ("stop", "rollback"):
+    fail("on_divergence", "must be 'stop' or 'rollback'")
+  if not 0 < config.rollback_lr_factor < 1:
+    fail("rollback_lr_factor", "must be in (0, 1)")
+  if (isinstance(config.max_rollbacks, bool)
+      or not isinstance(config.max_rollbacks, int) or config.max_rollbacks < 0):
+    fail("max_rollbacks", "must be an integer >= 0")
 
 
 def shapes(config):
@@ -129,6 +146,20 @@ class Data(NamedTuple):
 
 
 def load_data(config) -> Data:
+  """Every process holds the whole dataset (it slices its part of a batch).
+
+  With several processes, process 0 reads (and, the first time, prepares)
+  it first: TFDS preparations racing on a shared data_dir would collide.
+  """
+  if jax.process_index() == 0:
+    data = _read_data(config)
+  sharding_lib.barrier("capsjax: dataset prepared")
+  if jax.process_index() != 0:
+    data = _read_data(config)
+  return data
+
+
+def _read_data(config) -> Data:
   kwargs = dict(data_dir=config.data_dir or os.path.join(
       os.path.expanduser("~"), "tensorflow_datasets"),
                 manual_dir=config.data_manual_dir or None)
@@ -230,10 +261,13 @@ def abstract_state(config) -> capsjax.TrainState:
 def checkpoint_manager(config, workdir: str, *, create: bool = True
                        ) -> ocp.CheckpointManager:
   """The workdir's manager; `create=False` for readers (sample, evaluate)."""
+  # The writer removes the temporary folder of a write that a crash cut
+  # short (Orbax commits a checkpoint by renaming it, so such a folder is
+  # never mistaken for a checkpoint, but it would accumulate).
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.LatestN(
           config.keep_checkpoints),
-      create=create)
+      create=create, cleanup_tmp_directories=create)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
                                             "checkpoints"), options=options)
 
@@ -242,7 +276,8 @@ def make_workdir(workdir: str) -> None:
   """Creates the workdir and checks that it is writable, before any work."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One probe per process: processes sharing the workdir must not race.
+    probe = os.path.join(workdir, f".write_test{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -255,8 +290,7 @@ def check_workdir_config(config, workdir: str) -> None:
   """Records the config in a new workdir, or checks it against the record."""
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = load_config(workdir)
     diffs = [f"{k}: {saved.get(k)!r} in the workdir, {v!r} now"
              for k, v in config.items()
              if k not in RESUMABLE_FIELDS and saved.get(k) != v]
@@ -265,23 +299,75 @@ def check_workdir_config(config, workdir: str) -> None:
           f"workdir {workdir} was written by an incompatible config ("
           + "; ".join(diffs) + "): use a new --workdir or the same values")
   elif jax.process_index() == 0:
-    with open(path, "w") as f:
+    # Renamed into place: another process never reads a half-written file.
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json(indent=2))
+    os.replace(path + ".tmp", path)
 
 
-def restore_latest(config, workdir: str, mngr: ocp.CheckpointManager):
-  """The latest checkpoint's state, or None when there is none."""
+def restore_latest(config, workdir: str, mngr: ocp.CheckpointManager,
+                   shardings=None):
+  """The latest checkpoint's state, or None when there is none.
+
+  The arrays are restored straight into `shardings` (a pytree like the
+  state, e.g. `make_shardings(config).state`), whatever the devices that
+  wrote them; by default onto this process's first device.
+  """
   step = mngr.latest_step()
   if step is None:
     return None
   logging.info("Restoring checkpoint of step %d from %s", step, workdir)
+  abstract = abstract_state(config)
+  if shardings is None:
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: one, abstract)
   return mngr.restore(step, args=ocp.args.StandardRestore(
-      abstract_state(config)))
+      sharding_lib.with_shardings(abstract, shardings)))
+
+
+def data_parallel_devices(config) -> int:
+  """The number of devices the batch is split over, checked.
+
+  Raises ConfigError when config.num_devices exceeds the devices JAX sees,
+  leaves some out on several hosts, or does not divide the batch (or Nh,
+  with config.shard_weights).
+  """
+  available = jax.device_count()
+  n = config.num_devices or available
+  where = (f"{available} {jax.devices()[0].platform} device(s)"
+           + (f" on {jax.process_count()} processes"
+              if jax.process_count() > 1 else ""))
+  if n > available:
+    raise ConfigError(f"config.num_devices = {n}: JAX sees only {where}")
+  if jax.process_count() > 1 and n != available:
+    raise ConfigError(f"config.num_devices = {n}: a multi-process run uses "
+                      f"every device ({where}); set 0")
+  if config.batch_size % n:
+    raise ConfigError(f"config.batch_size = {config.batch_size} must be a "
+                      f"multiple of the {n} data-parallel devices")
+  if config.shard_weights and config.num_hidden_capsules % n:
+    raise ConfigError(
+        f"config.num_hidden_capsules = {config.num_hidden_capsules} must be a "
+        f"multiple of the {n} devices W is sharded over "
+        "(config.shard_weights)")
+  return n
+
+
+def make_shardings(config) -> sharding_lib.Shardings:
+  """The mesh and the shardings of the state and the batch (sharding.py)."""
+  return sharding_lib.make_shardings(
+      data_parallel_devices(config), abstract_state(config),
+      shard_weights=config.shard_weights)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The workdir's config; fields added to capsjax since it was written
+  (e.g. the divergence policy) take their defaults."""
   with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = default_config.get_config()
+  config.update(saved)
+  return config
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict,
@@ -311,14 +397,19 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict,
 # Steps, evaluation and samples.
 
 
-def make_update(config, optimizer):
-  """The jitted update: binarize the grey batch, then one CD step."""
+def make_update(config, optimizer, shardings: sharding_lib.Shardings):
+  """The jitted update: binarize the grey batch, then one CD step.
+
+  `update(state, grey_batch)` takes the batch as made by `train_batch` and
+  a state on any devices (it is moved to `shardings.state` first, a no-op
+  when it is there); it returns the new state in `shardings.state`, the
+  step's `CDInfo` without its chain (replicated scalars) and the finiteness
+  flags.
+  """
   keys = _keys(config)
   step_fn = functools.partial(capsjax.train_step, optimizer=optimizer,
                               **cd_options(config))
 
-  # No buffer donation: an asynchronous checkpoint may still read the state.
-  @jax.jit
   def update(state, grey_batch):
     v = to_capsules(config, grey_batch,
                     jax.random.fold_in(keys["binarize"], state.step))
@@ -326,9 +417,38 @@ def make_update(config, optimizer):
     finite = {name: jnp.all(jnp.isfinite(x))
               for name, x in new_state.params.items()}
     finite["free_energy_gap"] = jnp.isfinite(info.free_energy_gap)
-    return new_state, info, finite
+    # The chain is in new_state already; the rest are scalars.
+    return new_state, info._replace(chain=None), finite
 
-  return update
+  # No buffer donation: an asynchronous checkpoint may still read the state.
+  jitted = jax.jit(update, in_shardings=(shardings.state, shardings.batch),
+                   out_shardings=(shardings.state, shardings.replicated,
+                                  shardings.replicated))
+
+  compiled = False
+
+  def placed_update(state, grey_batch):
+    nonlocal compiled
+    state = sharding_lib.place(state, shardings.state)
+    with jax.set_mesh(shardings.mesh):
+      if not compiled and jax.process_count() > 1:
+        # Compile (into jit's cache) on every process, then wait for all:
+        # a process that starts the first collective while another still
+        # compiles can time out (gloo's 30 s on CPUs).
+        jitted.lower(state, grey_batch).compile()
+        sharding_lib.barrier("capsjax: update compiled")
+      compiled = True
+      return jitted(state, grey_batch)
+
+  return placed_update
+
+
+def train_batch(config, train_grey, step: int,
+                shardings: sharding_lib.Shardings) -> jax.Array:
+  """The grey images of `step`, split over the data devices."""
+  return sharding_lib.global_batch(
+      train_grey, batch_indices(config, len(train_grey), step),
+      shardings.batch)
 
 
 class DivergenceError(RuntimeError):
@@ -354,7 +474,14 @@ def make_evaluate(config):
   def evaluate(params, train_v, test_v, key):
     def routed_f(v):
       return capsjax.routed_free_energy(params, v, r)
-    c = capsjax.route_visible(params, test_v, r)
+    routed = capsjax.route(capsjax.predictions(params, test_v), r)
+    c = routed.coefficients
+    entropy = capsjax.routing_entropy(c)
+    # sum_j c_ij |W_ij| (Frobenius norms of the blocks), mean over i and the
+    # examples; uniform routing gives mean_ij |W_ij|, so the ratio says how
+    # much routing concentrates the effective weights.
+    block_norms = jnp.sqrt(jnp.sum(jnp.square(params["W"]), axis=(-2, -1)))
+    effective_norm = jnp.mean(jnp.sum(c * block_norms, axis=-1))
     recon = capsjax.reconstruct(params, test_v, c)
     f_test = routed_f(test_v)
     # Pseudo-log-likelihood, estimated with one random neuron per example:
@@ -368,7 +495,13 @@ def make_evaluate(config):
         "free_energy_gap_test_minus_train": (
             jnp.mean(f_test) - jnp.mean(routed_f(train_v))),
         "test_pseudo_log_likelihood": jnp.mean(pll),
-        "test_routing_entropy": jnp.mean(capsjax.routing_entropy(c)),
+        "test_routing_entropy": jnp.mean(entropy),
+        "test_routing_entropy_std": jnp.std(entropy),
+        # The spread of the final agreement logits over upper capsules:
+        # routing hardens as it grows (it scales with |W|^2).
+        "test_agreement_logit_std": jnp.mean(jnp.std(routed.logits, axis=-1)),
+        "test_effective_weight_norm": effective_norm,
+        "test_effective_weight_ratio": effective_norm / jnp.mean(block_norms),
     }
 
   return evaluate
@@ -411,6 +544,62 @@ def sample_figure(config, sampler, params, key, test_grey, marginals):
   return blocks, float(acceptance)
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written."""
+
+
+def _checkpoint_error(mngr: ocp.CheckpointManager,
+                      error: Exception) -> CheckpointError:
+  # Orbax reports a failed asynchronous write at the next save or wait, so
+  # the message lists the complete checkpoints rather than guess which write
+  # failed.
+  mngr.reload()
+  kept = mngr.all_steps()
+  return CheckpointError(
+      f"a checkpoint could not be written to {mngr.directory} "
+      f"({type(error).__name__}: {error}); the complete checkpoints are kept "
+      f"(updates {', '.join(map(str, kept)) or 'none'}): fix the cause and "
+      "re-run the same command to resume from the latest")
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state) -> None:
+  """Starts writing `state` as checkpoint `step` (asynchronously)."""
+  try:
+    mngr.save(step, args=ocp.args.StandardSave(state))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _checkpoint_error(mngr, e) from e
+
+
+def finish_checkpoints(mngr: ocp.CheckpointManager) -> None:
+  """Waits for pending writes; a failed one is a CheckpointError."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _checkpoint_error(mngr, e) from e
+
+
+def rollback(config, workdir, mngr, state, train_grey, optimizer,
+             shardings: sharding_lib.Shardings) -> capsjax.TrainState:
+  """The latest checkpoint (or the initial state) with the learning rate of
+  `state` times `config.rollback_lr_factor`.
+
+  The learning rate lives in the optimizer state (optax.inject_hyperparams),
+  so it is checkpointed and a resumed run keeps the lowered value.
+  """
+  finish_checkpoints(mngr)
+  restored = restore_latest(config, workdir, mngr, shardings.state)
+  if restored is None:
+    restored = initial_state(config, train_grey, optimizer)
+  old_lr = state.opt_state[-1].hyperparams["learning_rate"]
+  new_lr = old_lr * config.rollback_lr_factor
+  last = restored.opt_state[-1]
+  last = last._replace(hyperparams={**last.hyperparams,
+                                    "learning_rate": new_lr})
+  logging.warning("Diverged: rolled back to update %d, learning rate %.3g -> "
+                  "%.3g", int(restored.step), float(old_lr), float(new_lr))
+  return restored._replace(opt_state=(*restored.opt_state[:-1], last))
+
+
 # ---------------------------------------------------------------------------
 # The loop.
 
@@ -437,19 +626,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> capsjax.TrainState:
   """Trains (or resumes) the run in `workdir`; returns the final state."""
   validate_config(config)
+  shardings = make_shardings(config)
   make_workdir(workdir)
   check_workdir_config(config, workdir)
   data = load_data(config)
   optimizer = make_optimizer(config)
   mngr = checkpoint_manager(config, workdir)
-  state = restore_latest(config, workdir, mngr)
+  state = restore_latest(config, workdir, mngr, shardings.state)
   if state is None:
     state = initial_state(config, data.train, optimizer)
   start = int(state.step)
 
   is_main = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  update = make_update(config, optimizer)
+  update = make_update(config, optimizer, shardings)
   evaluate = make_evaluate(config)
   sampler = make_sampler(config)
   keys = _keys(config)
@@ -459,18 +649,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   marginals = grey_marginals(config, data.train)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
 
-  train_sums, num_logged = None, 0
+  train_sums, num_logged, rollbacks = None, 0, 0
   progress = tqdm.tqdm(total=config.num_steps, initial=start, unit="step",
                        disable=not is_main, mininterval=2.0, smoothing=0.1,
                        desc="CD training")
+  failed = False
   try:
     with _sigterm_flag() as preempted:
-      for step in range(start, config.num_steps):
-        batch = data.train[batch_indices(config, len(data.train), step)]
+      step = start
+      while step < config.num_steps:
+        batch = train_batch(config, data.train, step, shardings)
         new_state, info, finite = update(state, batch)
         # Checked before anything is written: a non-finite state never reaches
         # a checkpoint, and the error names the update that produced it.
-        check_finite(finite, step + 1)
+        try:
+          check_finite(finite, step + 1)
+        except DivergenceError as e:
+          if config.on_divergence == "stop":
+            raise
+          if rollbacks == config.max_rollbacks:
+            raise DivergenceError(f"{e} (gave up after {rollbacks} roll-backs:"
+                                  " config.max_rollbacks)") from None
+          rollbacks += 1
+          state = rollback(config, workdir, mngr, state, data.train, optimizer,
+                           shardings)
+          step, train_sums, num_logged = int(state.step), None, 0
+          progress.reset(total=config.num_steps)
+          progress.update(step)
+          continue
         state = new_state
         progress.update(1)
         scalars = {"reconstruction_error": info.reconstruction_error,
@@ -480,34 +686,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         train_sums = (scalars if train_sums is None else
                       jax.tree.map(jnp.add, train_sums, scalars))
         num_logged += 1
-        done = step + 1
+        step = done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_steps:
           means = {f"train_{k}": v / num_logged for k, v in train_sums.items()}
           lr = state.opt_state[-1].hyperparams["learning_rate"]
-          writer.write_scalars(done, means | {"learning_rate": lr})
+          writer.write_scalars(done, means | {"learning_rate": lr,
+                                              "rollbacks": rollbacks})
           train_sums, num_logged = None, 0
-        if done % config.eval_every_steps == 0 or done == config.num_steps:
+        evaluating = (done % config.eval_every_steps == 0
+                      or done == config.num_steps)
+        sampling = (done % config.sample_every_steps == 0
+                    or done == config.num_steps)
+        if evaluating or sampling:
+          # Process 0 evaluates and samples one copy of the parameters on
+          # one device (gathering them is a collective: every process).
+          params = jax.device_put(sharding_lib.to_host(state.params))
+        if is_main and evaluating:
           pll_key = jax.random.fold_in(keys["pll"], done)
-          writer.write_scalars(done, evaluate(state.params, train_eval_v,
+          writer.write_scalars(done, evaluate(params, train_eval_v,
                                               test_eval_v, pll_key))
-        if is_main and (done % config.sample_every_steps == 0
-                        or done == config.num_steps):
+        if is_main and sampling:
           blocks, _ = sample_figure(
-              config, sampler, state.params,
+              config, sampler, params,
               jax.random.fold_in(keys["sample"], done), data.test, marginals)
           images.save_png(
               os.path.join(workdir, "samples", f"step_{done:07d}.png"), *blocks)
+        stop = sharding_lib.any_process(preempted.is_set())
         if (done % config.checkpoint_every_steps == 0 or done == config.num_steps
-            or preempted.is_set()):
-          mngr.save(done, args=ocp.args.StandardSave(state))
-        if preempted.is_set():
+            or stop):
+          save_checkpoint(mngr, done, state)
+        if stop:
           logging.warning("SIGTERM: saved the checkpoint of update %d; "
                           "re-run the same command to continue", done)
           break
+  except BaseException:
+    failed = True
+    raise
   finally:
-    # Also on an error: the pending (good) checkpoint is completed.
+    # Also on an error: the pending (good) checkpoint is completed; a failure
+    # to complete it must not hide the error already on its way.
     progress.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
+    try:
+      finish_checkpoints(mngr)
+    except CheckpointError:
+      if not failed:
+        raise
+      logging.exception("While stopping on an error:")
+    finally:
+      mngr.close()
+      writer.close()
   return state

@@ -60,6 +60,12 @@ def get_config():
   config.batch_size = 100
   config.num_steps = 3_000     # total number of CD updates
   config.seed = 0
+  # A non-finite update: "stop" (the error names the update and the
+  # quantity), or "rollback": restore the latest checkpoint and multiply the
+  # learning rate by rollback_lr_factor, at most max_rollbacks times.
+  config.on_divergence = "stop"
+  config.rollback_lr_factor = 0.5
+  config.max_rollbacks = 3
   # Bookkeeping.
   config.log_every_steps = 100
   config.eval_every_steps = 500
@@ -69,4 +75,9 @@ def get_config():
   config.num_eval_examples = 1_000
   config.num_samples = 100
   config.sample_steps = 1_000
+  # Devices (experiments/sharding.py). The batch and the PCD chains are
+  # split over num_devices devices (0 = all, on every host); batch_size must
+  # be a multiple. shard_weights also splits W over them along Nh.
+  config.num_devices = 0
+  config.shard_weights = False
   return config
