@@ -41,6 +41,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from capsjax import data as data_lib
+from experiments import train_lib
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -158,34 +159,6 @@ def make_train_step(config, graphdef, optimizer):
   return train_step
 
 
-def batch_indices(seed: int, num_examples: int, batch_size: int,
-                  step: int) -> np.ndarray:
-  """A fresh permutation each epoch, from the seed (as the CD runner)."""
-  steps_per_epoch = num_examples // batch_size
-  epoch, position = divmod(step, steps_per_epoch)
-  perm = _permutation(seed, epoch, num_examples)
-  return perm[position * batch_size:(position + 1) * batch_size]
-
-
-@functools.lru_cache(maxsize=2)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  key = jax.random.fold_in(jax.random.key(seed), epoch)
-  return np.asarray(jax.random.permutation(key, n))
-
-
-def _batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """`fn` over padded fixed-size batches (one compilation), concatenated."""
-  out = []
-  for start in range(0, len(x), batch_size):
-    batch = x[start:start + batch_size]
-    n = len(batch)
-    if n < batch_size:
-      pad = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
-    out.append(np.asarray(fn(batch))[:n])
-  return np.concatenate(out)
-
-
 @jax.jit
 def _logits(graphdef, params, images):
   return nnx.merge(graphdef, params)(images)
@@ -198,7 +171,7 @@ def _features(graphdef, params, images):
 
 def accuracy(graphdef, params, images, labels, batch_size: int = 1_000
              ) -> float:
-  logits = _batched(functools.partial(_logits, graphdef, params),
+  logits = train_lib.batched(functools.partial(_logits, graphdef, params),
                     np.asarray(images, np.float32), batch_size)
   return float(np.mean(np.argmax(logits, -1) == labels))
 
@@ -217,8 +190,8 @@ def train(config, train_images, train_labels, log_every: int = 0
   step_fn = make_train_step(config, graphdef, optimizer)
   loss = jnp.nan
   for step in range(config.num_steps):
-    idx = batch_indices(config.seed, len(train_images), config.batch_size,
-                        step)
+    # The CD runner's data order: a permutation per epoch, from the seed.
+    idx = train_lib.batch_indices(config, len(train_images), step)
     params, opt_state, loss = step_fn(params, opt_state, step,
                                       train_images[idx], train_labels[idx])
     if log_every and (step + 1) % log_every == 0:
@@ -283,7 +256,7 @@ def load(workdir: str, batch_size: int = 1_000) -> Loaded:
   model = nnx.merge(graphdef, abstract_params)
   graphdef, params = nnx.split(model)
   features = functools.partial(_features, graphdef, params)
-  return Loaded(model, info, lambda images: _batched(
+  return Loaded(model, info, lambda images: train_lib.batched(
       features, np.asarray(images, np.float32), batch_size))
 
 

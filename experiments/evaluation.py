@@ -26,7 +26,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from absl import logging
 import jax
@@ -72,23 +72,6 @@ FRECHET_HINT = ("pass --classifier_workdir=DIR, a classifier trained with "
 
 # ---------------------------------------------------------------------------
 # Batched helpers.
-
-
-def _batched(fn: Callable, v: np.ndarray, batch_size: int) -> np.ndarray:
-  """`fn` over fixed-size batches of `v`, concatenated along axis 0.
-
-  The last batch is padded to `batch_size` and trimmed, so `fn` (jitted)
-  compiles once and memory stays at one batch whatever the test set size.
-  """
-  out = []
-  for start in range(0, len(v), batch_size):
-    batch = v[start:start + batch_size]
-    n = len(batch)
-    if n < batch_size:
-      pad = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
-    out.append(np.asarray(fn(batch))[:n])
-  return np.concatenate(out)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -181,21 +164,21 @@ def _features_batch(params, v, num_iterations):
 def log_probs(params, test_v: np.ndarray, num_iterations: int, log_z,
               batch_size: int) -> np.ndarray:
   """`log p(v)` in nats of every test example, (N,)."""
-  return _batched(lambda x: _log_prob_batch(params, x, num_iterations, log_z),
+  return train_lib.batched(lambda x: _log_prob_batch(params, x, num_iterations, log_z),
                   test_v, batch_size)
 
 
 def reconstruction_errors(params, v: np.ndarray, num_iterations: int,
                           batch_size: int) -> np.ndarray:
   """Per-example mean squared error of one up-down pass with c(v), (N,)."""
-  return _batched(lambda x: _reconstruction_batch(params, x, num_iterations),
+  return train_lib.batched(lambda x: _reconstruction_batch(params, x, num_iterations),
                   v, batch_size)
 
 
 def hidden_features(params, v: np.ndarray, num_iterations: int,
                     batch_size: int) -> np.ndarray:
   """Hidden probabilities p(h | v; c(v)), flattened to (N, Nh*Dh)."""
-  return _batched(lambda x: _features_batch(params, x, num_iterations),
+  return train_lib.batched(lambda x: _features_batch(params, x, num_iterations),
                   v, batch_size)
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import threading
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from absl import logging
 from flax import nnx
@@ -216,6 +216,23 @@ def batch_indices(config, num_examples: int, step: int) -> np.ndarray:
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   key = jax.random.fold_in(jax.random.key(seed), epoch)
   return np.asarray(jax.random.permutation(key, n))
+
+
+def batched(fn: Callable, v: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn` over fixed-size batches of `v`, concatenated along axis 0.
+
+  The last batch is padded to `batch_size` and trimmed, so `fn` (jitted)
+  compiles once and memory stays at one batch whatever the data size.
+  """
+  out = []
+  for start in range(0, len(v), batch_size):
+    batch = v[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      pad = np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)
+      batch = np.concatenate([batch, pad])
+    out.append(np.asarray(fn(batch))[:n])
+  return np.concatenate(out)
 
 
 # ---------------------------------------------------------------------------
