@@ -101,13 +101,15 @@ def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
   assert _measures(cli) == _measures(json.loads(json.dumps(results)))
 
 
-def test_degenerate_estimate_is_not_printed_as_a_number():
-  results = {
+def fake_report(**log_likelihood):
+  """A minimal `evaluation.evaluate` result, for the markdown renderer."""
+  return {
       "step": 7, "num_test_examples": 10,
       "log_likelihood": {"test_log_prob_mean": -123.456,
                          "test_log_prob_sem": 1.0, "log_z": 400.0,
                          "log_z_std": 0.5, "log_z_base": 300.0, "ess": 1.3,
-                         "acceptance_rate": 0.2, "reliable": False},
+                         "acceptance_rate": 0.2, "reliable": False,
+                         **log_likelihood},
       "reconstruction_error": 0.05, "linear_probe_accuracy": 0.9,
       "clustering_accuracy": 0.5,
       "settings": {"ais": "quick", "num_betas": 1000, "num_runs": 32,
@@ -118,6 +120,10 @@ def test_degenerate_estimate_is_not_printed_as_a_number():
       "platform": {"jax_backend": "cpu", "devices": ["cpu"],
                    "jax_version": "x"},
   }
+
+
+def test_degenerate_estimate_is_not_printed_as_a_number():
+  results = fake_report()
   assert evaluation.ess_threshold(100) == 10  # 10% of the runs,
   assert evaluation.ess_threshold(8) == 2      # but at least 2
   md = evaluation.to_markdown(results)

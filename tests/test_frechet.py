@@ -194,23 +194,8 @@ def test_load_errors_name_the_fix(tmp_path):
 
 
 def test_markdown_without_a_classifier_says_how_to_get_one():
-  results = {
-      "step": 1, "num_test_examples": 10,
-      "log_likelihood": {"test_log_prob_mean": -100.0,
-                         "test_log_prob_sem": 1.0, "log_z": 10.0,
-                         "log_z_std": 0.5, "log_z_base": 3.0, "ess": 30.0,
-                         "acceptance_rate": 1.0, "reliable": True},
-      "reconstruction_error": 0.05, "linear_probe_accuracy": 0.9,
-      "clustering_accuracy": 0.5,
-      "frechet": {"computed": False, "note": evaluation.FRECHET_HINT},
-      "settings": {"ais": "quick", "num_betas": 10, "num_runs": 32,
-                   "beta_schedule": "piecewise", "min_ess": 3.2,
-                   "base_model": "data", "probe_train_examples": 100,
-                   "num_clusters": 10, "batch_size": 10, "seed": 0},
-      "config": {"dataset": "mnist_small"}, "wall_time_s": {"ais": 1.0},
-      "platform": {"jax_backend": "cpu", "devices": ["cpu"],
-                   "jax_version": "x"},
-  }
+  results = test_evaluate.fake_report(ess=30.0, reliable=True)
+  results["frechet"] = {"computed": False, "note": evaluation.FRECHET_HINT}
   md = evaluation.to_markdown(results)
   assert ("| Fréchet distance, samples vs test (classifier features) | not "
           "computed (pass --classifier_workdir=DIR") in md
