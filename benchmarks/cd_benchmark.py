@@ -142,17 +142,18 @@ def routing_flops(layer: Layer, batch: int, r: int) -> int:
   return votes + (2 * (r - 1) + 1) * weighted_sum
 
 
-def cd_step_flops(layer: Layer, batch: int, k: int, r: int) -> int:
+def cd_step_flops(layer: Layer, batch: int, k: int, r: int,
+                  monitors: bool = True) -> int:
   """The dominant FLOPs of one `train_step` (CD-k, rerouting each sample).
 
   Contractions: 2 per Gibbs step (hidden, visible), the negative hidden
-  probabilities, two weight statistics, the reconstruction's visible pass,
-  and, for k > 1, the data's hidden probabilities again (the chain's first
+  probabilities, two weight statistics, the reconstruction's visible pass
+  (only with `monitors`), and, for k > 1, the data's hidden probabilities again (the chain's first
   step runs inside the scan, so XLA cannot share it). Routing: the data's
   and one per Gibbs step. Elementwise work (sampling, sigmoids, the
   optimizer) is O(B (Nv Dv + Nh Dh) + |W|) and left out.
   """
-  contractions = 2 * k + 4 + (1 if k > 1 else 0)
+  contractions = 2 * k + 3 + int(monitors) + (1 if k > 1 else 0)
   return (contractions * contraction_flops(layer, batch)
           + (k + 1) * routing_flops(layer, batch, r))
 
@@ -181,10 +182,17 @@ class TrainCase(NamedTuple):
   layer: Layer
   k: int
   r: int
+  monitors: bool = True       # cd_gradient's reconstruction / F-gap monitors
+  prng: str = "threefry2x32"  # jax.random key implementation
 
 
 def train_cases(quick: bool) -> list[TrainCase]:
   cases = [TrainCase("a_plain_cd1", "a", PATCHES, 1, 1),
+           # Without the monitors, and with XLA's RngBitGenerator keys
+           # instead of threefry: the two non-matmul costs the profile shows.
+           TrainCase("a_plain_cd1_lean", "a", PATCHES, 1, 1, monitors=False),
+           TrainCase("a_plain_cd1_lean_rbg", "a", PATCHES, 1, 1,
+                     monitors=False, prng="rbg"),
            TrainCase("a_plain_cd5", "a", PATCHES, 5, 1)]
   iterations = (3,) if quick else (3, 5)
   for layer in (PATCHES, PAPER):
@@ -199,11 +207,12 @@ def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
   layer = case.layer
   opt = optax.sgd(0.01)
   step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt,
-                                   k=case.k, num_iterations=case.r))
+                                   k=case.k, num_iterations=case.r,
+                                   monitors=case.monitors))
   batches = [jnp.asarray(data[i * BATCH:(i + 1) * BATCH].reshape(
       BATCH, layer.nv, layer.dv)) for i in range(steps)]
   state0 = capsjax.init_train_state(_params(layer), opt)
-  key = jax.random.key(1)
+  key = jax.random.key(1, impl=case.prng)
   holder = {"state": state0}
 
   def epoch():
@@ -211,7 +220,7 @@ def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
     for batch in batches:
       state, info = step(state, key, batch)
     holder["state"] = state
-    return info.free_energy_gap
+    return info.routing_entropy
 
   return epoch, (step, (state0, key, batches[0]))
 
@@ -251,7 +260,7 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
     stats = _compiled_stats(step, *example_args)
     t = np.asarray(times[case.name])
     per_step = float(np.median(t)) / steps
-    flops = cd_step_flops(case.layer, BATCH, case.k, case.r)
+    flops = cd_step_flops(case.layer, BATCH, case.k, case.r, case.monitors)
     # Paired ratios: each round's capsjax rate over the same round's sklearn.
     paired = (steps * BATCH / t) / (sklearn_examples / sk_times)
     results.append({
@@ -259,7 +268,7 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
         "neurons": f"{case.layer.nv * case.layer.dv}->"
                    f"{case.layer.nh * case.layer.dh}",
         "batch": BATCH, "cd_k": case.k, "num_iterations": case.r,
-        "reroute": True,
+        "reroute": True, "monitors": case.monitors, "prng": case.prng,
         "examples_per_s": BATCH / per_step,
         "best_examples_per_s": BATCH * steps / float(np.min(t)),
         "step_ms": 1e3 * per_step,

@@ -37,6 +37,7 @@ from capsjax.routing import predictions
 from capsjax.routing import route
 from capsjax.routing import route_visible
 from capsjax.routing import routing_entropy
+from capsjax.routing import routing_temperature
 from capsjax.routing import squash
 from capsjax.sampling import ChainInfo
 from capsjax.sampling import ChainState

@@ -28,8 +28,9 @@ class CDInfo(NamedTuple):
   routing_entropy: jax.Array     # mean entropy (nats) of c_data per lower capsule
 
 
-def _free_energy_stats(params, v, c, visible):
-  """Hand-written `dF/dtheta` averaged over the batch, and mean F."""
+def _free_energy_stats(params, v, c, visible, monitors=True):
+  """Hand-written `dF/dtheta` averaged over the batch, and mean F (NaN
+  unless `monitors`)."""
   p = energies.hidden_probs(params, v, c)
   n = v.size // (v.shape[-1] * v.shape[-2])
   grads = {
@@ -38,7 +39,10 @@ def _free_energy_stats(params, v, c, visible):
                      axis=tuple(range(v.ndim - 2))),
       "b": -jnp.mean(p, axis=tuple(range(p.ndim - 2))),
   }
-  mean_f = jnp.mean(energies.free_energy(params, v, c, visible=visible))
+  if monitors:
+    mean_f = jnp.mean(energies.free_energy(params, v, c, visible=visible))
+  else:
+    mean_f = jnp.full((), jnp.nan, p.dtype)
   return grads, mean_f
 
 
@@ -47,7 +51,8 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
                 through_routing: bool = False,
                 chain: Optional[sampling.ChainState] = None,
                 mean_field_negative: bool = False,
-                visible: str = "bernoulli") -> tuple[Any, CDInfo]:
+                visible: str = "bernoulli",
+                monitors: bool = True) -> tuple[Any, CDInfo]:
   """The CD-k (or PCD-k) gradient of the routed capsule layer.
 
   Args:
@@ -67,6 +72,10 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
     mean_field_negative: use the last step's mean `p(v | h; c)` (rerouted)
       instead of its sample for the negative statistics. Not with `mh`.
     visible: "bernoulli" or "gaussian".
+    monitors: compute `info.reconstruction_error` and `info.free_energy_gap`
+      (one up-down pass and two free energies: about a fifth of an
+      unrouted CD-1 step, BUILD_NOTES.md "Performance"). If False both are
+      NaN (the gap is still exact with `through_routing`).
 
   Returns:
     `(grads, info)`: grads with the structure of `params`; a `CDInfo`.
@@ -120,16 +129,23 @@ def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
       return mean_f(v) - mean_f(v_neg)
     gap, grads = jax.value_and_grad(objective)(params)
   else:
-    pos, f_pos = _free_energy_stats(params, v, c_data, visible)
-    neg, f_neg = _free_energy_stats(params, v_neg, c_neg, visible)
+    pos, f_pos = _free_energy_stats(params, v, c_data, visible, monitors)
+    neg, f_neg = _free_energy_stats(params, v_neg, c_neg, visible, monitors)
     grads = jax.tree.map(jnp.subtract, pos, neg)
+    # Keys beyond W, a, b (e.g. a routing temperature) are fixed: zero.
+    grads = {name: grads[name] if name in grads else jnp.zeros_like(x)
+             for name, x in params.items()}
     gap = f_pos - f_neg
 
-  # One deterministic up-down pass from the data, whatever the chain mode.
-  recon = energies.reconstruct(params, v, c_data, visible=visible)
+  if monitors:
+    # One deterministic up-down pass from the data, whatever the chain mode.
+    recon = energies.reconstruct(params, v, c_data, visible=visible)
+    recon_error = jnp.mean(jnp.square(v - recon))
+  else:
+    recon_error = jnp.full((), jnp.nan, gap.dtype)
   info = CDInfo(
       chain=end,
-      reconstruction_error=jnp.mean(jnp.square(v - recon)),
+      reconstruction_error=recon_error,
       free_energy_gap=gap,
       acceptance_rate=jnp.mean(infos.acceptance_rate),
       routing_entropy=jnp.mean(routing.routing_entropy(c_data)),

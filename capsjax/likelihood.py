@@ -220,6 +220,19 @@ def _check_concrete_betas(betas):
                      f"first {b[0]}, last {b[-1]}")
 
 
+# An AIS estimate counts as degenerate (not to be quoted) when the effective
+# sample size of its importance weights falls below this fraction of the
+# runs, or below MIN_ESS for few runs (a single run then carries most of the
+# weight). BUILD_NOTES.md gives the reasoning.
+MIN_ESS_FRACTION = 0.1
+MIN_ESS = 2.0
+
+
+def ess_threshold(num_runs: int) -> float:
+  """The ESS below which an AIS estimate is flagged degenerate."""
+  return max(MIN_ESS_FRACTION * num_runs, MIN_ESS)
+
+
 def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
         base_bias: Optional[jax.Array] = None,
         betas: Optional[jax.Array] = None,

@@ -53,7 +53,7 @@ def predictions(params, v: jax.Array) -> jax.Array:
 
 class RoutingResult(NamedTuple):
   coefficients: jax.Array  # (..., Nv, Nh): softmax(logits) over upper capsules
-  logits: jax.Array        # (..., Nv, Nh): the logits that gave `coefficients`
+  logits: jax.Array        # (..., Nv, Nh): coefficients = softmax(logits / T)
   inputs: jax.Array        # (..., Nh, Dh): s_j = sum_i c_ij u_hat_ij
   outputs: jax.Array       # (..., Nh, Dh): squash(s_j)
 
@@ -79,19 +79,23 @@ def _agreement(u, o):
   return lax.dot_general(u, o, (((3,), (2,)), ((0, 1), (0, 1))))
 
 
-def _route_chunk(u, r, stop_inner_gradients):
+def _route_chunk(u, r, stop_inner_gradients, temperature):
   """Procedure 1 on votes laid out (C, Nh, Nv, Dh); returns (logits, c, s)."""
   votes_for_logits = lax.stop_gradient(u) if stop_inner_gradients else u
 
+  def coefficients(logits):
+    if isinstance(temperature, (int, float)) and temperature == 1:
+      return jax.nn.softmax(logits, axis=1)  # Sabour's routing, unchanged
+    return jax.nn.softmax(logits / temperature, axis=1)
+
   def update(_, logits):
-    c = jax.nn.softmax(logits, axis=1)
-    o = squash(_weighted_votes(c, votes_for_logits))
+    o = squash(_weighted_votes(coefficients(logits), votes_for_logits))
     return logits + _agreement(votes_for_logits, o)
 
   # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
   logits = lax.fori_loop(0, r - 1, update,
                          jnp.zeros(u.shape[:-1], u.dtype))
-  c = jax.nn.softmax(logits, axis=1)
+  c = coefficients(logits)
   return logits, c, _weighted_votes(c, u)
 
 
@@ -126,7 +130,8 @@ def _result(logits, c, s, batch_shape):
 
 
 def route(u_hat: jax.Array, num_iterations: int, *,
-          stop_inner_gradients: bool = False) -> RoutingResult:
+          stop_inner_gradients: bool = False,
+          temperature=1.0) -> RoutingResult:
   """Routing by agreement with a static number of iterations.
 
   Args:
@@ -135,6 +140,10 @@ def route(u_hat: jax.Array, num_iterations: int, *,
     stop_inner_gradients: if True, no gradient flows through the logits
       (the coefficients are treated as constants; `inputs` and `outputs`
       still depend on `u_hat` through the last weighted sum).
+    temperature: T > 0; every softmax is `softmax(logits / T)`. T = 1 is
+      Sabour et al.'s routing; T -> infinity tends to uniform routing (the
+      r = 1 model). Not in the paper: a variant for the routed-training
+      study (BUILD_NOTES.md). A float or a scalar array (traced is fine).
 
   Returns:
     A `RoutingResult`. The loop runs the r - 1 logit updates of Procedure 1
@@ -143,6 +152,7 @@ def route(u_hat: jax.Array, num_iterations: int, *,
   """
   r = validation.num_iterations(num_iterations)
   validation.check_floating("u_hat", u_hat)
+  validation.temperature(temperature)
   if jnp.ndim(u_hat) < 3:
     raise ValueError(
         f"u_hat must have shape (..., Nv, Nh, Dh); got {jnp.shape(u_hat)}")
@@ -159,18 +169,31 @@ def route(u_hat: jax.Array, num_iterations: int, *,
   flat = u_hat.reshape((-1, nv, nh, dh))
   out = _map_batch(
       lambda u: _route_chunk(jnp.transpose(u, (0, 2, 1, 3)), r,
-                             stop_inner_gradients),
+                             stop_inner_gradients, temperature),
       flat, nv * nh * dh * u_hat.dtype.itemsize)
   return _result(*out, batch_shape)
+
+
+def routing_temperature(params):
+  """The model's routing temperature: `params["routing_temperature"]`, 1 if
+  absent (Sabour's routing).
+
+  It is part of the model (c(v), hence p(v), depends on it), so it travels
+  with the parameters into every function that routes, and into checkpoints.
+  It is a fixed hyperparameter, not trained: no gradient flows into it.
+  """
+  t = params.get("routing_temperature", 1.0)
+  return t if isinstance(t, (int, float)) else lax.stop_gradient(t)
 
 
 def route_visible(params, v: jax.Array, num_iterations: int, **kwargs
                   ) -> jax.Array:
   """The coefficients c(v) of the routed model (MODEL.md section 4).
 
-  Equal to `route(predictions(params, v), num_iterations).coefficients`,
-  but each chunk of the batch computes its own votes, so the whole batch's
-  vote tensor is never materialized.
+  Equal to `route(predictions(params, v), num_iterations,
+  temperature=routing_temperature(params)).coefficients`, but each chunk of
+  the batch computes its own votes, so the whole batch's vote tensor is
+  never materialized.
   """
   return _route_from_visible(params, v, num_iterations, **kwargs).coefficients
 
@@ -188,12 +211,15 @@ def _route_from_visible(params, v: jax.Array, num_iterations: int, *,
     s = jnp.einsum("...il,ijkl->...jk", v, W) / nh
     return RoutingResult(coefficients=c, logits=jnp.zeros_like(c), inputs=s,
                          outputs=squash(s))
+  t = routing_temperature(params)
+  validation.temperature(t)
   batch_shape = v.shape[:-2]
   dtype = jnp.result_type(W, v)
   W = W.astype(dtype)
   flat = v.reshape((-1,) + v.shape[-2:]).astype(dtype)
   out = _map_batch(
-      lambda x: _route_chunk(_votes_by_upper(W, x), r, stop_inner_gradients),
+      lambda x: _route_chunk(_votes_by_upper(W, x), r, stop_inner_gradients,
+                             t),
       flat, nv * nh * dh * dtype.itemsize)
   return _result(*out, batch_shape)
 

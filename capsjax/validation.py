@@ -37,6 +37,16 @@ def param_shapes(params) -> tuple[int, int, int, int]:
   return nv, nh, dh, dv
 
 
+def temperature(t) -> None:
+  """A routing temperature: a positive Python number or a scalar array
+  (whose value is not checked: it may be traced)."""
+  if isinstance(t, bool) or (isinstance(t, (int, float)) and not t > 0):
+    raise ValueError(f"the routing temperature must be > 0; got {t!r}")
+  if not isinstance(t, (int, float)) and jnp.ndim(t) != 0:
+    raise ValueError("the routing temperature must be a scalar; got shape "
+                     f"{jnp.shape(t)}")
+
+
 def check_floating(name: str, x) -> None:
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, jnp.floating):

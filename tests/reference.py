@@ -15,17 +15,18 @@ def squash(s):
   return n2 / (1.0 + n2) * s / np.sqrt(n2)
 
 
-def route(u_hat, r):
+def route(u_hat, r, temperature=1.0):
   """Sabour et al. 2017, Procedure 1, for one example; u_hat (Nv, Nh, Dh).
 
-  Returns the coefficients c (Nv, Nh) used in the last iteration.
+  Returns the coefficients c (Nv, Nh) used in the last iteration. With a
+  temperature T each softmax is taken of the logits divided by T.
   """
   nv, nh, _ = u_hat.shape
   b = np.zeros((nv, nh))
   for _ in range(r):
     c = np.zeros((nv, nh))
     for i in range(nv):
-      e = np.exp(b[i] - b[i].max())
+      e = np.exp((b[i] - b[i].max()) / temperature)
       c[i] = e / e.sum()
     v = []
     for j in range(nh):
@@ -80,12 +81,14 @@ def free_energy(params, v, c, visible="bernoulli"):
 def routed_log_probs(params, r):
   """log p(v) of the routed model (MODEL.md section 4) for every binary v.
 
-  Returns (states (S, Nv, Dv), log_p (S,)).
+  Returns (states (S, Nv, Dv), log_p (S,)). Reads the routing temperature
+  from params["routing_temperature"] if present.
   """
   W = np.asarray(params["W"], np.float64)
+  t = float(params.get("routing_temperature", 1.0))
   nv, _, _, dv = W.shape
   states = binary_states((nv, dv))
-  neg_f = np.array([-free_energy(params, v, route(predictions(W, v), r))
+  neg_f = np.array([-free_energy(params, v, route(predictions(W, v), r, t))
                     for v in states])
   m = neg_f.max()
   return states, neg_f - (m + np.log(np.sum(np.exp(neg_f - m))))

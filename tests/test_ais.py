@@ -300,9 +300,11 @@ def check_against_exact(result, exact):
   assert abs(err) < 3.0 * std + BAND_SLACK
 
 
-@pytest.mark.parametrize("r", [1, 3])
-def test_random_layer_matches_exact(r):
+@pytest.mark.parametrize("r,temperature", [(1, None), (3, None), (3, 4.0)])
+def test_random_layer_matches_exact(r, temperature):
   params = random_params(20 + r)
+  if temperature is not None:  # a softer routed model (params carry T)
+    params["routing_temperature"] = jnp.float32(temperature)
   result = run_ais(jax.random.key(21), params, r, LONG)
   check_against_exact(result, exact_log_z(params, r))
   assert result.log_weights.shape == (NUM_RUNS,)

@@ -28,7 +28,7 @@ def _data(dtype=jnp.float32):
 # Eager calls would compile each lax loop separately; one jit is faster.
 cd_gradient = jax.jit(capsjax.cd_gradient, static_argnames=(
     "k", "num_iterations", "reroute", "mh", "through_routing",
-    "mean_field_negative", "visible"))
+    "mean_field_negative", "visible", "monitors"))
 
 
 def _mean_free_energy(params, v, c, visible="bernoulli"):
@@ -273,6 +273,21 @@ def test_info_fields():
   ent = -np.sum(np.asarray(c) * np.log(np.asarray(c)), -1).mean()
   np.testing.assert_allclose(info.routing_entropy, ent, rtol=1e-5)
   np.testing.assert_allclose(info.acceptance_rate, 1.0)
+
+
+@pytest.mark.parametrize("r", [1, 3])
+def test_monitors_off_changes_only_the_monitors(r):
+  params = _params(15)
+  data = _data()
+  key = jax.random.key(16)
+  grads, info = cd_gradient(params, key, data, k=2, num_iterations=r)
+  lean_grads, lean = cd_gradient(params, key, data, k=2, num_iterations=r,
+                                 monitors=False)
+  jax.tree.map(np.testing.assert_array_equal, (grads, info.chain),
+               (lean_grads, lean.chain))
+  assert np.isnan(lean.reconstruction_error) and np.isnan(lean.free_energy_gap)
+  assert np.isfinite(info.reconstruction_error)
+  np.testing.assert_array_equal(lean.routing_entropy, info.routing_entropy)
 
 
 def test_weight_scale_is_sgd_on_w_over_s():

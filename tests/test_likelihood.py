@@ -15,11 +15,13 @@ def _params(seed, nv=3, dv=2, nh=2, dh=3, scale=1.0):
           "a": rng.normal(size=(nv, dv)), "b": rng.normal(size=(nh, dh))}
 
 
-@pytest.mark.parametrize("r", [1, 3])
+@pytest.mark.parametrize("r,temperature", [(1, None), (3, None), (3, 3.0)])
 @pytest.mark.parametrize("chunk_size", [5, 4096])  # 5: a masked last chunk
-def test_exact_log_z_matches_enumeration(r, chunk_size):
+def test_exact_log_z_matches_enumeration(r, temperature, chunk_size):
   with jax.enable_x64(True):
     params = _params(r)
+    if temperature is not None:
+      params["routing_temperature"] = np.float64(temperature)
     states, log_p = reference.routed_log_probs(params, r)
     jparams = jax.tree.map(jnp.asarray, params)
     log_z = capsjax.exact_log_z(jparams, r, chunk_size=chunk_size)

@@ -154,6 +154,47 @@ class TestRoute:
     f(_votes(1, (2, 3, 4, 5)))
     assert f._cache_size() == before
 
+  @pytest.mark.parametrize("t", [0.5, 4.0])
+  def test_temperature_matches_procedure_1(self, t):
+    u = np.array(_votes(8, (4, 6, 3, 5)), np.float64)
+    got = capsjax.route(jnp.asarray(u, jnp.float32), 3,
+                        temperature=t).coefficients
+    expected = np.stack([reference.route(x, 3, t) for x in u])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # The model's temperature lives in params and reaches route_visible,
+    # also as a traced array under jit.
+    W = np.array(_votes(9, (3, 2, 4, 5)), np.float64)
+    v = np.array(_votes(10, (6, 3, 5)), np.float64)
+    params = {"W": jnp.asarray(W, jnp.float32), "a": jnp.zeros((3, 5)),
+              "b": jnp.zeros((2, 4)), "routing_temperature": jnp.float32(t)}
+    c = jax.jit(capsjax.route_visible, static_argnums=2)(
+        params, jnp.asarray(v, jnp.float32), 3)
+    expected = np.stack([reference.route(reference.predictions(W, x), 3, t)
+                         for x in v])
+    np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-6)
+
+  def test_temperature_limits_and_errors(self):
+    u = _votes(11, (2, 3, 4, 5), 3.0)
+    np.testing.assert_allclose(
+        capsjax.route(u, 3, temperature=1e6).coefficients, 0.25, rtol=1e-4)
+    np.testing.assert_array_equal(
+        capsjax.route(u, 3, temperature=1.0).coefficients,
+        capsjax.route(u, 3).coefficients)
+    for bad in (0.0, -1.0, float("nan"), True):
+      with pytest.raises(ValueError, match="temperature"):
+        capsjax.route(u, 3, temperature=bad)
+    with pytest.raises(ValueError, match="scalar"):
+      capsjax.route(u, 3, temperature=jnp.ones(2))
+
+  def test_temperature_is_not_trained(self):
+    W = _votes(12, (3, 2, 4, 5))
+    params = {"W": W, "a": jnp.zeros((3, 5)), "b": jnp.zeros((2, 4)),
+              "routing_temperature": jnp.float32(2.0)}
+    v = _votes(13, (6, 3, 5))
+    g = jax.grad(lambda p: jnp.sum(capsjax.routed_free_energy(p, v, 3)))(
+        params)
+    assert g["routing_temperature"] == 0.0 and jnp.any(g["W"] != 0)
+
   def test_entropy(self):
     nh = 5
     u = _votes(7, (2, 3, nh, 4))
