@@ -31,7 +31,6 @@ from typing import NamedTuple
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.optimize
 from sklearn import cluster as sk_cluster
@@ -43,6 +42,7 @@ import capsjax
 from capsjax import data as data_lib
 from experiments import classifier as classifier_lib
 from experiments import frechet
+from experiments import front_ends
 from experiments import train_lib
 
 # --ais presets: (num_betas, num_runs). "full" is Salakhutdinov and Murray's
@@ -57,15 +57,23 @@ AIS_PRESETS = {"quick": (1_000, 32), "full": (14_500, 100)}
 # log-likelihood is biased *high*; a degenerate estimate looks optimistic.
 # The floor keeps the check meaningful for few runs (ESS >= 1 always): below
 # 2 a single run carries most of the weight.
-MIN_ESS_FRACTION = 0.1
-MIN_ESS = 2.0
+MIN_ESS_FRACTION = capsjax.likelihood.MIN_ESS_FRACTION
+MIN_ESS = capsjax.likelihood.MIN_ESS
 # Fields of the config that name the run in the markdown header (the JSON
 # keeps the whole config).
-RUN_FIELDS = ("baseline", "dataset", "binarize", "patch_size",
+RUN_FIELDS = ("baseline", "dataset", "front_end", "autoencoder_workdir",
+              "lower_workdir", "binarize", "patch_size",
               "num_hidden_capsules", "hidden_dim", "num_iterations", "k",
               "persistent", "mh", "reroute", "through_routing", "optimizer",
               "learning_rate", "num_steps", "seed")
 # What the report says when no classifier was given.
+# What the report says when the visible units are not pixels.
+NOT_PIXEL_SPACE = (
+    "not defined in pixel space: the visible units are not pixels (the "
+    "autoencoder's decoder is deterministic, so the PoE defines no "
+    "distribution over images; a stacked layer's pixel likelihood is a "
+    "deep belief net's, only a bound); evaluate the bottom layer's workdir "
+    "for its pixel log-likelihood")
 FRECHET_HINT = ("pass --classifier_workdir=DIR, a classifier trained with "
                 "`python -m experiments.train_classifier --workdir=DIR`")
 
@@ -74,11 +82,9 @@ FRECHET_HINT = ("pass --classifier_workdir=DIR, a classifier trained with "
 # Batched helpers.
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _to_capsules(grey, key, binarize: str, patch_size: int):
-  config = ml_collections.ConfigDict(dict(binarize=binarize,
-                                          patch_size=patch_size))
-  return train_lib.to_capsules(config, grey, key)
+@functools.lru_cache(maxsize=16)
+def _jitted_sample(front_end: front_ends.FrontEnd, mode: str):
+  return jax.jit(lambda grey, key: front_end.sample(key, grey, mode))
 
 
 def _capsule_batches(config, grey: np.ndarray, key, batch_size: int):
@@ -87,10 +93,9 @@ def _capsule_batches(config, grey: np.ndarray, key, batch_size: int):
   Batch i is binarized with fold_in(key, i): fixed for a given key and
   batch size, and the full split never sits on the device at once.
   """
+  sample = _jitted_sample(front_ends.get(config), config.binarize)
   for i, start in enumerate(range(0, len(grey), batch_size)):
-    yield _to_capsules(grey[start:start + batch_size],
-                       jax.random.fold_in(key, i), config.binarize,
-                       config.patch_size)
+    yield sample(grey[start:start + batch_size], jax.random.fold_in(key, i))
 
 
 def binarize_capsules(config, grey: np.ndarray, key, batch_size: int
@@ -132,9 +137,7 @@ def run_ais(key, params, num_iterations: int, bias, *, num_betas: int,
           "reliable": bool(ess >= ess_threshold(num_runs))}
 
 
-def ess_threshold(num_runs: int) -> float:
-  """The ESS below which an AIS estimate is flagged degenerate."""
-  return max(MIN_ESS_FRACTION * num_runs, MIN_ESS)
+ess_threshold = capsjax.likelihood.ess_threshold
 
 
 # Per-batch kernels. Params are arguments, not closed-over constants, so one
@@ -229,7 +232,8 @@ def _family(dataset: str) -> str:
 def frechet_measures(key, config, params, train_grey: np.ndarray,
                      test_v: np.ndarray, classifier: classifier_lib.Loaded,
                      settings: "Settings",
-                     timed=lambda name, fn, *a, **k: fn(*a, **k)) -> dict:
+                     timed=lambda name, fn, *a, **k: fn(*a, **k),
+                     test_grey: np.ndarray | None = None) -> dict:
   """The Fréchet distance of model samples to the test set, and its floor.
 
   Model samples: `settings.frechet_samples` binary states of chains started
@@ -240,10 +244,19 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
   exactly would score with that many samples; the estimate is biased
   upwards for finite counts, so the floor is not 0. Both are measured
   against the same binarized test set `test_v` (M, Nv, Dv).
+
+  Front ends other than pixel patches (`test_grey` needed): the samples
+  are decoded to grey images and compared with the grey test images; see
+  `_decoded_frechet_measures`.
   """
   sample_key, subset_key, binarize_key = jax.random.split(key, 3)
   n = settings.frechet_samples
   bs = settings.batch_size
+  front_end = front_ends.get(config)
+  if not front_end.pixel_space:
+    return _decoded_frechet_measures(
+        sample_key, subset_key, binarize_key, config, params, train_grey,
+        test_grey, classifier, settings, timed)
   to_images = functools.partial(data_lib.capsules_to_images,
                                 patch=config.patch_size)
   marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
@@ -282,6 +295,69 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
       "sample_acceptance_rate": acceptance,
       "samples": "binary states after the last step of chains started at "
                  "Bernoulli(data marginals)",
+      "classifier": {
+          "workdir": info.get("workdir"),
+          "dataset": info["config"]["dataset"],
+          "num_features": info["config"]["num_features"],
+          "test_accuracy": info.get("test_accuracy"),
+          "test_accuracy_binarized": info.get("test_accuracy_binarized"),
+      },
+  }
+
+
+def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
+                              params, train_grey, test_grey, classifier,
+                              settings, timed) -> dict:
+  """The Fréchet distance of decoded samples to the grey test images.
+
+  The samples are binary visible states (codes, or hidden units of the
+  layer below) decoded by the front end into grey images, so they are
+  compared with grey test images. Two floors: grey training images (the
+  data itself), and the front end's floor: binarized visible capsules of
+  those training images, decoded (what a PoE that had learned the
+  distribution of binarized codes exactly would score).
+  """
+  if test_grey is None:
+    raise ValueError("a non-pixel front end needs the grey test images")
+  n, bs = settings.frechet_samples, settings.batch_size
+  front_end = front_ends.get(config)
+  marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
+  samples, acceptance = timed(
+      "frechet_sampling", frechet.model_samples, sample_key, params,
+      marginals, num_samples=n, num_steps=settings.frechet_steps,
+      num_iterations=config.num_iterations, mh=settings.frechet_mh,
+      batch_size=bs)
+  n_floor = min(n, len(train_grey))
+  subset = np.sort(np.asarray(jax.random.permutation(
+      subset_key, len(train_grey)))[:n_floor])
+  train_v = binarize_capsules(config, train_grey[subset], binarize_key, bs)
+
+  def stats(grey):
+    return frechet.feature_stats(classifier.features(grey))
+
+  decode = functools.partial(front_ends.to_numpy_images, front_end,
+                             batch_size=bs)
+  test_stats = timed("frechet_features_test", stats, test_grey)
+  model_stats = timed("frechet_features_samples", stats, decode(samples))
+  floor_stats = timed("frechet_features_train", stats, train_grey[subset])
+  fe_stats = timed("frechet_features_front_end", stats, decode(train_v))
+  info = classifier.info
+  return {
+      "computed": True,
+      "distance": frechet.frechet_distance(*model_stats, *test_stats),
+      "floor_train_vs_test": frechet.frechet_distance(*floor_stats,
+                                                      *test_stats),
+      "floor_front_end": frechet.frechet_distance(*fe_stats, *test_stats),
+      "num_samples": n,
+      "num_floor_train_examples": n_floor,
+      "num_test_examples": len(test_grey),
+      "sample_steps": settings.frechet_steps,
+      "mh": settings.frechet_mh,
+      "sample_acceptance_rate": acceptance,
+      "samples": "binary states after the last step of chains started at "
+                 "Bernoulli(data marginals), decoded to grey images by the "
+                 f"front end ({front_end.description}); compared with grey "
+                 "test images",
       "classifier": {
           "workdir": info.get("workdir"),
           "dataset": info["config"]["dataset"],
@@ -342,13 +418,24 @@ def evaluate(config, step: int, params, data: train_lib.Data,
     logging.info("evaluate: %s done in %.1f s", name, times[name])
     return out
 
+  front_end = front_ends.get(config)
   test_v = timed("binarize_test", binarize_capsules, config, data.test,
                  keys["test"], bs)
-  bias = timed("base_rate", base_bias, config, data.train, keys["base"], bs)
-  logging.info("AIS with %d betas x %d runs", num_betas, num_runs)
-  ais = timed("ais", run_ais, keys["ais"], params, r, bias,
-              num_betas=num_betas, num_runs=num_runs)
-  log_p = timed("log_prob", log_probs, params, test_v, r, ais["log_z"], bs)
+  n_test = len(test_v)
+  if front_end.pixel_space:
+    bias = timed("base_rate", base_bias, config, data.train, keys["base"], bs)
+    logging.info("AIS with %d betas x %d runs", num_betas, num_runs)
+    ais = timed("ais", run_ais, keys["ais"], params, r, bias,
+                num_betas=num_betas, num_runs=num_runs)
+    log_p = timed("log_prob", log_probs, params, test_v, r, ais["log_z"], bs)
+    log_likelihood = {
+        "test_log_prob_mean": float(np.mean(log_p)),
+        # Spread over test examples (sem); log Z's own error is log_z_std.
+        "test_log_prob_sem": float(np.std(log_p, ddof=1) / np.sqrt(n_test)),
+        **ais,
+    }
+  else:
+    log_likelihood = {"computed": False, "note": NOT_PIXEL_SPACE}
   recon = timed("reconstruction", reconstruction_errors, params, test_v, r, bs)
 
   n_probe = settings.probe_train_examples or len(data.train)
@@ -367,18 +454,12 @@ def evaluate(config, step: int, params, data: train_lib.Data,
     # Its own stream, so the other measures keep their keys.
     fd_key = jax.random.fold_in(jax.random.key(settings.seed), 4)
     fd = frechet_measures(fd_key, config, params, data.train, test_v,
-                          classifier, settings, timed)
+                          classifier, settings, timed, test_grey=data.test)
 
-  n_test = len(test_v)
   return {
       "step": step,
       "num_test_examples": n_test,
-      "log_likelihood": {
-          "test_log_prob_mean": float(np.mean(log_p)),
-          # Spread over test examples (sem); log Z's own error is log_z_std.
-          "test_log_prob_sem": float(np.std(log_p, ddof=1) / np.sqrt(n_test)),
-          **ais,
-      },
+      "log_likelihood": log_likelihood,
       "reconstruction_error": float(np.mean(recon)),
       "linear_probe_accuracy": probe,
       "clustering_accuracy": clustering,
@@ -389,7 +470,8 @@ def evaluate(config, step: int, params, data: train_lib.Data,
                    "base_model": "data marginals of the binarized train split",
                    "probe_train_examples": n_probe,
                    "num_clusters": settings.num_clusters,
-                   "batch_size": bs, "seed": settings.seed},
+                   "batch_size": bs, "seed": settings.seed,
+                   "visible_units": front_end.description},
       "config": config.to_dict(),
       "wall_time_s": {k: round(v, 3) for k, v in times.items()},
       "platform": {"jax_backend": jax.default_backend(),
@@ -404,6 +486,8 @@ def evaluate(config, step: int, params, data: train_lib.Data,
 
 
 def _log_likelihood_cell(ll: dict) -> str:
+  if not ll.get("computed", True):
+    return ll["note"]
   if not ll["reliable"]:
     return f"degenerate (ESS {ll['ess']:.1f})"
   err = float(np.hypot(ll["test_log_prob_sem"], ll["log_z_std"]))
@@ -411,6 +495,8 @@ def _log_likelihood_cell(ll: dict) -> str:
 
 
 def _log_z_cell(ll: dict, num_runs: int) -> str:
+  if not ll.get("computed", True):
+    return "not computed"
   diagnostics = (f"ESS {ll['ess']:.1f} of {num_runs}, acceptance "
                  f"{ll['acceptance_rate']:.3f}")
   if not ll["reliable"]:
@@ -421,6 +507,10 @@ def _log_z_cell(ll: dict, num_runs: int) -> str:
 def _frechet_cell(fd: dict | None) -> str:
   if not fd or not fd.get("computed"):
     return "not computed (" + (fd or {}).get("note", FRECHET_HINT) + ")"
+  if "floor_front_end" in fd:
+    return (f"{fd['distance']:.2f} (floors: grey train vs test "
+            f"{fd['floor_train_vs_test']:.2f}; decoded binarized train "
+            f"capsules vs test {fd['floor_front_end']:.2f})")
   return (f"{fd['distance']:.2f} (floor, binarized train vs test: "
           f"{fd['floor_train_vs_test']:.2f})")
 
@@ -432,6 +522,15 @@ def _frechet_notes(fd: dict | None) -> list[str]:
   accuracy = clf.get("test_accuracy")
   accuracy = "" if accuracy is None else f", test accuracy {accuracy:.4f}"
   mh = ", MH-corrected" if fd["mh"] else ""
+  if "floor_front_end" in fd:
+    return [
+        f"Fréchet distance: {fd['num_samples']} model samples "
+        f"({fd['samples']}; {fd['sample_steps']} Gibbs steps{mh}); floors: "
+        f"{fd['num_floor_train_examples']} grey training images, and the "
+        "same images' binarized visible capsules decoded; each against the "
+        f"{fd['num_test_examples']} grey test images; features of the "
+        f"{clf['num_features']}-unit penultimate layer of the classifier in "
+        f"{clf['workdir']} (trained on {clf['dataset']}{accuracy}).", ""]
   return [
       f"Fréchet distance: {fd['num_samples']} model samples ({fd['samples']}; "
       f"{fd['sample_steps']} Gibbs steps{mh}) and, for the floor, "
@@ -447,7 +546,10 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
   rows = [
       ("test log-likelihood (nats)", _log_likelihood_cell(ll)),
       ("AIS log Z", _log_z_cell(ll, s["num_runs"])),
-      ("test reconstruction error (per-pixel MSE)",
+      ("test reconstruction error (per-pixel MSE)"
+       if ll.get("computed", True) else
+       "test reconstruction error (MSE per visible unit: "
+       + results["settings"].get("visible_units", "?") + ")",
        f"{results['reconstruction_error']:.4f}"),
       ("linear probe test accuracy",
        f"{results['linear_probe_accuracy']:.4f} "

@@ -6,7 +6,10 @@ r"""Writes a PNG of model samples and test reconstructions from a workdir.
 Loads the config recorded in the workdir and its latest checkpoint. The top
 block shows the means of Gibbs chains with routing (MH-corrected with
 --mh) started from the data marginals; below it, rows of test images each
-followed by a row of their one-pass reconstructions.
+followed by a row of their one-pass reconstructions. Layers on an
+autoencoder or on a lower capsule layer (config.front_end) are decoded to
+pixels by their front end (experiments/front_ends.py): there each test row
+is followed by the decoded visible capsules and the decoded reconstruction.
 """
 
 from absl import app

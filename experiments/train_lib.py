@@ -27,6 +27,7 @@ import tqdm
 
 import capsjax
 from capsjax import data as data_lib
+from experiments import front_ends
 from experiments import images
 from experiments.configs import default as default_config
 from experiments import metrics as metrics_lib
@@ -41,6 +42,7 @@ RESUMABLE_FIELDS = ("num_steps", "log_every_steps", "eval_every_steps",
                     "keep_checkpoints", "num_eval_examples", "num_samples",
                     "sample_steps", "data_dir", "data_manual_dir",
                     "on_divergence", "rollback_lr_factor", "max_rollbacks",
+                    "monitor_ais_betas", "monitor_ais_runs",
                     # The layout over devices: a checkpoint restores on any.
                     "num_devices", "shard_weights")
 
@@ -77,9 +79,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("patch_size", f"capsule patches must tile the {IMAGE_SIZE}x"
          f"{IMAGE_SIZE} image: use a divisor of {IMAGE_SIZE} "
          f"({[d for d in range(1, IMAGE_SIZE + 1) if IMAGE_SIZE % d == 0]})")
-  for field in ("learning_rate", "init_scale"):
+  for field in ("learning_rate", "init_scale", "routing_temperature"):
     if not config[field] > 0:
       fail(field, "must be > 0")
+  if not config.grad_clip_norm >= 0:
+    fail("grad_clip_norm", "must be >= 0 (0 = no clipping)")
+  for field, low in (("warmup_steps", 0), ("monitor_ais_betas", 0),
+                     ("monitor_ais_runs", 1)):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      fail(field, f"must be an integer >= {low}")
+  if config.monitor_ais_betas == 1:
+    fail("monitor_ais_betas", "must be 0 (off) or >= 2 (beta = 0 and 1)")
   for field in ("weight_decay", "momentum_initial", "momentum_final",
                 "momentum_switch_step"):
     if not config[field] >= 0:
@@ -105,10 +116,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def shapes(config):
-  """(Nv, Dv, Nh, Dh) of the layer."""
-  nv = (IMAGE_SIZE // config.patch_size) ** 2
-  return (nv, config.patch_size ** 2, config.num_hidden_capsules,
-          config.hidden_dim)
+  """(Nv, Dv, Nh, Dh) of the layer; (Nv, Dv) from the front end."""
+  nv, dv = front_ends.get(config).shape
+  return (nv, dv, config.num_hidden_capsules, config.hidden_dim)
 
 
 def weight_scale(config) -> float:
@@ -117,13 +127,34 @@ def weight_scale(config) -> float:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """SGD with momentum or Adam on the CD gradient, with the optional
+  gradient clipping (first) and learning-rate warm-up (last, so that it
+  scales Adam's steps too). Without them the state has the structure of
+  older checkpoints. Read the learning rate with `learning_rate(opt_state)`.
+  """
   if config.optimizer == "sgd":
     momentum = capsjax.momentum_schedule(config.momentum_initial,
                                          config.momentum_final,
                                          config.momentum_switch_step)
-    return capsjax.sgd(config.learning_rate, momentum=momentum,
+    base = capsjax.sgd(config.learning_rate, momentum=momentum,
                        weight_decay=config.weight_decay)
-  return capsjax.adam(config.learning_rate, weight_decay=config.weight_decay)
+  else:
+    base = capsjax.adam(config.learning_rate, weight_decay=config.weight_decay)
+  if not (config.grad_clip_norm or config.warmup_steps):
+    return base
+  parts = [base]
+  if config.grad_clip_norm:
+    parts.insert(0, optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.warmup_steps:
+    n = config.warmup_steps
+    parts.append(optax.scale_by_schedule(
+        lambda count: jnp.minimum(1.0, (count + 1.0) / n)))
+  return optax.chain(*parts)
+
+
+def learning_rate(opt_state) -> jax.Array:
+  """The (injected) learning rate of a `make_optimizer` state."""
+  return optax.tree_utils.tree_get(opt_state, "learning_rate")
 
 
 def cd_options(config) -> dict:
@@ -194,14 +225,18 @@ def check_images(name: str, images: np.ndarray) -> None:
 
 
 def grey_marginals(config, grey) -> np.ndarray:
-  """Mean grey level per visible neuron, (Nv, Dv): the data's marginals."""
-  return data_lib.images_to_capsules(grey.mean(0), config.patch_size)
+  """Mean of the visible means over `grey`, (Nv, Dv): the data's marginals
+  (for patches, the mean grey level per pixel)."""
+  front_end = front_ends.get(config)
+  if front_end.kind == "patches":
+    return data_lib.images_to_capsules(grey.mean(0), config.patch_size)
+  return front_ends.batched_mean(front_end, grey)
 
 
 def to_capsules(config, grey, key):
-  """Binarizes grey images and cuts them into capsules (..., Nv, Dv)."""
-  binary = data_lib.binarize(key, grey, config.binarize)
-  return data_lib.images_to_capsules(binary, config.patch_size)
+  """Binary visible capsules (..., Nv, Dv) of grey images: the front end's
+  means, binarized like pixels (config.binarize)."""
+  return front_ends.get(config).sample(key, grey, config.binarize)
 
 
 def batch_indices(config, num_examples: int, step: int) -> np.ndarray:
@@ -262,7 +297,11 @@ def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
     # PCD chains start at binarized training images.
     chains = to_capsules(config, train_grey[:config.batch_size],
                          keys["chains"])
-  return capsjax.init_train_state(model.params(), optimizer,
+  params = model.params()
+  if config.routing_temperature != 1.0:  # part of the model (routing.py)
+    params["routing_temperature"] = jnp.asarray(config.routing_temperature,
+                                                params["W"].dtype)
+  return capsjax.init_train_state(params, optimizer,
                                   persistent_chains=chains,
                                   num_iterations=config.num_iterations,
                                   weight_scale=scale)
@@ -271,6 +310,8 @@ def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
 def abstract_state(config) -> capsjax.TrainState:
   """The state's structure, shapes and dtypes, for restoring."""
   grey = np.zeros((config.batch_size, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+  # Load the front end (checkpoint reads) now: not inside the trace.
+  front_ends.get(config)
   return jax.eval_shape(
       lambda: initial_state(config, grey, make_optimizer(config)))
 
@@ -483,15 +524,25 @@ def check_finite(finite: dict, step: int) -> None:
 
 
 def make_evaluate(config):
-  """Cheap monitors on fixed binarized train and test subsets."""
+  """Cheap monitors on fixed binarized train and test subsets.
+
+  With `config.monitor_ais_betas` > 0 also a likelihood proxy: AIS (betas x
+  `monitor_ais_runs`, data-marginal base from `train_v`) gives log Z, its
+  ESS and the MH acceptance of the routed model's exact chains; the test
+  log-likelihood `-mean F~(test) - log Z` is NaN when the weights are
+  degenerate (ESS below `capsjax.likelihood.ess_threshold`); its 95% upper
+  bound (experiments/ais_reliability.py) is reported in any case.
+  """
   r = config.num_iterations
   nv, dv, _, _ = shapes(config)
+  num_betas, num_runs = config.monitor_ais_betas, config.monitor_ais_runs
 
   @jax.jit
   def evaluate(params, train_v, test_v, key):
     def routed_f(v):
       return capsjax.routed_free_energy(params, v, r)
-    routed = capsjax.route(capsjax.predictions(params, test_v), r)
+    routed = capsjax.route(capsjax.predictions(params, test_v), r,
+                           temperature=capsjax.routing_temperature(params))
     c = routed.coefficients
     entropy = capsjax.routing_entropy(c)
     # sum_j c_ij |W_ij| (Frobenius norms of the blocks), mean over i and the
@@ -507,7 +558,25 @@ def make_evaluate(config):
                           nv * dv).reshape(test_v.shape)
     flipped = test_v + flip * (1.0 - 2.0 * test_v)
     pll = nv * dv * jax.nn.log_sigmoid(routed_f(flipped) - f_test)
-    return {
+    monitors = {}
+    if num_betas:
+      ais = capsjax.ais(jax.random.fold_in(key, 1), params, r,
+                        num_betas=num_betas, num_runs=num_runs,
+                        base_bias=capsjax.base_rate_bias(train_v))
+      reliable = ais.ess >= capsjax.likelihood.ess_threshold(num_runs)
+      monitors = {
+          "monitor_ais_log_z": ais.log_z,
+          "monitor_ais_log_z_std": ais.log_z_std,
+          "monitor_ais_ess": ais.ess,
+          "monitor_ais_acceptance": ais.acceptance_rate,
+          "monitor_test_log_likelihood": jnp.where(
+              reliable, -jnp.mean(f_test) - ais.log_z, jnp.nan),
+          # Holds with probability >= 95% even for degenerate weights: the
+          # Z estimate is unbiased, so P(log Z_est > log Z + t) <= e^-t.
+          "monitor_test_log_likelihood_upper_95": (
+              -jnp.mean(f_test) - ais.log_z + jnp.log(20.0)),
+      }
+    return monitors | {
         "test_reconstruction_error": jnp.mean(jnp.square(test_v - recon)),
         "free_energy_gap_test_minus_train": (
             jnp.mean(f_test) - jnp.mean(routed_f(train_v))),
@@ -546,18 +615,30 @@ def make_sampler(config, mh: bool = False):
 
 
 def sample_figure(config, sampler, params, key, test_grey, marginals):
-  """A PNG-ready grid: model samples, then test images and reconstructions."""
+  """A PNG-ready grid: model samples, then test images and reconstructions.
+
+  Pixel patches: rows of binarized test digits, each followed by its
+  one-pass reconstruction. Other front ends: rows of test digits, the
+  decoded binarized visible capsules (what the front end alone keeps), and
+  the decoded one-pass reconstruction. Samples and reconstructions are
+  decoded through the front end (`front_ends.FrontEnd.decode`).
+  """
   nrow = 10
   chain_key, binarize_key = jax.random.split(key)
   samples, acceptance = sampler(params, chain_key, marginals)
   test_v = to_capsules(config, test_grey[:nrow * 2], binarize_key)
   c = capsjax.route_visible(params, test_v, config.num_iterations)
   recon = capsjax.reconstruct(params, test_v, c)
-  to_img = functools.partial(data_lib.capsules_to_images,
-                             patch=config.patch_size)
-  pairs = np.concatenate([to_img(test_v)[:nrow], to_img(recon)[:nrow],
-                          to_img(test_v)[nrow:], to_img(recon)[nrow:]])
-  blocks = (images.grid(to_img(samples), nrow), images.grid(pairs, nrow))
+  front_end = front_ends.get(config)
+  to_img = functools.partial(front_ends.to_numpy_images, front_end)
+  test_img, recon_img = to_img(test_v), to_img(recon)
+  rows = []
+  for half in (slice(None, nrow), slice(nrow, None)):
+    if front_end.kind != "patches":
+      rows.append(np.asarray(test_grey[:nrow * 2])[half])
+    rows += [test_img[half], recon_img[half]]
+  blocks = (images.grid(to_img(samples), nrow),
+            images.grid(np.concatenate(rows), nrow))
   return blocks, float(acceptance)
 
 
@@ -607,14 +688,12 @@ def rollback(config, workdir, mngr, state, train_grey, optimizer,
   restored = restore_latest(config, workdir, mngr, shardings.state)
   if restored is None:
     restored = initial_state(config, train_grey, optimizer)
-  old_lr = state.opt_state[-1].hyperparams["learning_rate"]
+  old_lr = learning_rate(state.opt_state)
   new_lr = old_lr * config.rollback_lr_factor
-  last = restored.opt_state[-1]
-  last = last._replace(hyperparams={**last.hyperparams,
-                                    "learning_rate": new_lr})
   logging.warning("Diverged: rolled back to update %d, learning rate %.3g -> "
                   "%.3g", int(restored.step), float(old_lr), float(new_lr))
-  return restored._replace(opt_state=(*restored.opt_state[:-1], last))
+  return restored._replace(opt_state=optax.tree_utils.tree_set(
+      restored.opt_state, learning_rate=new_lr))
 
 
 # ---------------------------------------------------------------------------
@@ -706,7 +785,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         step = done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_steps:
           means = {f"train_{k}": v / num_logged for k, v in train_sums.items()}
-          lr = state.opt_state[-1].hyperparams["learning_rate"]
+          lr = learning_rate(state.opt_state)
           writer.write_scalars(done, means | {"learning_rate": lr,
                                               "rollbacks": rollbacks})
           train_sums, num_logged = None, 0

@@ -40,6 +40,11 @@ def get_config():
   config.num_iterations = 1    # 1 = no routing; 3 = routing by agreement
   config.visible = "bernoulli"
   config.init_scale = 0.01     # std of the effective weights at init
+  # Routing variant (not in the paper): every routing softmax is taken of
+  # logits / T. 1.0 = Sabour's routing-by-agreement; larger T routes
+  # more softly (T -> infinity: the unrouted model). Part of the model:
+  # stored in the params (params["routing_temperature"]) when != 1.
+  config.routing_temperature = 1.0
   # "num_hidden_capsules": optimize W / Nh (MODEL.md section 5), so the
   # effective weights c W start and move like an RBM's.
   config.weight_scale = "num_hidden_capsules"
@@ -57,6 +62,10 @@ def get_config():
   config.momentum_final = 0.9
   config.momentum_switch_step = 250
   config.weight_decay = 2e-4
+  # Step-size control (0 = off): clip the CD gradient's global norm; ramp
+  # the step linearly from 1/warmup_steps to 1 over the first updates.
+  config.grad_clip_norm = 0.0
+  config.warmup_steps = 0
   config.batch_size = 100
   config.num_steps = 3_000     # total number of CD updates
   config.seed = 0
@@ -75,6 +84,23 @@ def get_config():
   config.num_eval_examples = 1_000
   config.num_samples = 100
   config.sample_steps = 1_000
+  # A cheap likelihood monitor at every evaluation: AIS with this many
+  # betas x runs (0 = off), reported with its ESS and MH acceptance; its
+  # test log-likelihood is NaN when the importance weights degenerate.
+  config.monitor_ais_betas = 300
+  config.monitor_ais_runs = 16
+  # --- Front end (issue 5, experiments/front_ends.py): what the visible
+  # capsules are. "patches": pixel patches of patch_size^2 (the default);
+  # "autoencoder": the code of the autoencoder in autoencoder_workdir
+  # (python -m experiments.train_autoencoder); "layer": the hidden
+  # probabilities of the trained capsule layer in lower_workdir (stacking).
+  config.front_end = "patches"
+  config.autoencoder_workdir = ""
+  config.lower_workdir = ""
+  # Mean-field rounds c = c(m), m = E[v | h; c] of the top-down pass through
+  # a routed lower layer ("layer" front end), from uniform c.
+  config.topdown_iterations = 3
+  # --- end of the front-end block.
   # Devices (experiments/sharding.py). The batch and the PCD chains are
   # split over num_devices devices (0 = all, on every host); batch_size must
   # be a multiple. shard_weights also splits W over them along Nh.
