@@ -12,9 +12,10 @@ contrastive divergence (PCD-1, 100 chains), SGD 0.01 with momentum
 
 The default is the no-routing baseline (num_iterations = 1, every c_ij =
 1/Nh: an RBM with 784 visible and 256 hidden neurons) because it is the
-setting whose samples a person recognizes as digits today. Routed training
-with the paper's alternation does not yet give recognizable samples at this
-budget (BUILD_NOTES.md, "MNIST runs"; being studied). The routed layer is
+setting whose samples a person recognizes as digits. Routed training with
+the paper's alternation does not give recognizable samples: routing
+collapses to hard, positional routing within the first updates
+(BUILD_NOTES.md, "Routed training study"). The routed layer is
 
   ... --config.num_iterations=3
 
