@@ -22,15 +22,12 @@ never (but with 5%) above it. Writes ais_reliability.json and .md under
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-import numpy as np
 
 import capsjax
 from capsjax import data
@@ -54,82 +51,6 @@ _NUM_RUNS = flags.DEFINE_integer("num_runs", 100, "AIS runs per estimate.",
 _BATCH = flags.DEFINE_integer("batch_size", 1_000, "Test examples per batch.",
                               lower_bound=1)
 
-_ais = jax.jit(capsjax.ais, static_argnames=("num_iterations", "num_betas",
-                                             "num_runs"))
-
-
-def estimates(params, num_iterations: int, test_v: np.ndarray, bias, *,
-              schedules, num_betas, seeds: int, num_runs: int,
-              batch_size: int = 1_000) -> list[dict]:
-  """One AIS estimate (and test log-likelihood) per schedule x length x seed."""
-  rows = []
-  for kind, n, seed in itertools.product(schedules, num_betas, range(seeds)):
-    logging.info("AIS %s x %d betas, seed %d ...", kind, n, seed)
-    result = _ais(jax.random.key(seed), params, num_iterations, num_betas=n,
-                  num_runs=num_runs, base_bias=bias,
-                  betas=capsjax.beta_schedule(n, kind))
-    ess = float(result.ess)
-    log_z = float(result.log_z)
-    reliable = ess >= capsjax.likelihood.ess_threshold(num_runs)
-    log_p = evaluation.log_probs(params, test_v, num_iterations, log_z,
-                                 batch_size)
-    rows.append({"schedule": kind, "num_betas": n, "seed": seed,
-                 "num_runs": num_runs, "log_z": log_z,
-                 "log_z_std": float(result.log_z_std), "ess": ess,
-                 "acceptance_rate": float(result.acceptance_rate),
-                 "reliable": bool(reliable),
-                 "test_log_prob_mean": float(np.mean(log_p))})
-  return rows
-
-
-# The confidence of `summary`'s upper bound.
-BOUND_FAILURE_PROBABILITY = 0.05
-
-
-def summary(rows: list[dict]) -> list[dict]:
-  """Per schedule and length: the reliable seeds' mean and spread, and the
-  95% upper bound on the test log-likelihood (module docstring)."""
-  out = []
-  for key, group in itertools.groupby(
-      rows, key=lambda r: (r["schedule"], r["num_betas"])):
-    group = list(group)
-    good = [r["test_log_prob_mean"] for r in group if r["reliable"]]
-    out.append({
-        "schedule": key[0], "num_betas": key[1], "seeds": len(group),
-        "reliable_seeds": len(good),
-        "test_log_prob_mean": float(np.mean(good)) if good else None,
-        "test_log_prob_spread": (float(np.std(good, ddof=1))
-                                 if len(good) > 1 else None),
-        "upper_bound_95": (
-            min(r["test_log_prob_mean"] for r in group)
-            + float(np.log(len(group) / BOUND_FAILURE_PROBABILITY))),
-        "min_ess": min(r["ess"] for r in group),
-        "acceptance_rate": float(np.mean([r["acceptance_rate"]
-                                          for r in group])),
-    })
-  return out
-
-
-def to_markdown(rows: list[dict], title: str) -> str:
-  lines = [f"# {title}", "",
-           "| schedule | betas | seeds reliable | test log p (nats), mean ± "
-           "spread over reliable seeds | 95% upper bound | min ESS | "
-           "MH acceptance |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
-  for s in summary(rows):
-    if s["test_log_prob_mean"] is None:
-      ll = "degenerate: not quoted"
-    elif s["test_log_prob_spread"] is None:
-      ll = f"{s['test_log_prob_mean']:.2f} (one reliable seed)"
-    else:
-      ll = f"{s['test_log_prob_mean']:.2f} ± {s['test_log_prob_spread']:.2f}"
-    lines.append(f"| {s['schedule']} | {s['num_betas']} | "
-                 f"{s['reliable_seeds']} / {s['seeds']} | {ll} | "
-                 f"<= {s['upper_bound_95']:.1f} | {s['min_ess']:.1f} | "
-                 f"{s['acceptance_rate']:.3f} |")
-  return "\n".join(lines) + "\n"
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -152,7 +73,7 @@ def main(argv):
   bs = _BATCH.value
   test_v = evaluation.binarize_capsules(config, d.test, keys["test"], bs)
   bias = evaluation.base_bias(config, d.train, keys["base"], bs)
-  rows = estimates(state.params, config.num_iterations, test_v, bias,
+  rows = evaluation.ais_estimates(state.params, config.num_iterations, test_v, bias,
                    schedules=_SCHEDULES.value, num_betas=num_betas,
                    seeds=_SEEDS.value, num_runs=_NUM_RUNS.value,
                    batch_size=bs)
@@ -161,8 +82,8 @@ def main(argv):
   title = f"AIS reliability of {_WORKDIR.value} (update {int(state.step)})"
   with open(os.path.join(out, "ais_reliability.json"), "w") as f:
     json.dump({"workdir": _WORKDIR.value, "step": int(state.step),
-               "rows": rows, "summary": summary(rows)}, f, indent=1)
-  markdown = to_markdown(rows, title)
+               "rows": rows, "summary": evaluation.ais_summary(rows)}, f, indent=1)
+  markdown = evaluation.ais_markdown(rows, title)
   with open(os.path.join(out, "ais_reliability.md"), "w") as f:
     f.write(markdown)
   print(markdown)

@@ -22,6 +22,7 @@ same checkpoint with the same settings agree.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import platform
@@ -593,3 +594,82 @@ def write(results: dict, out_dir: str, title: str = "Evaluation"
   with open(md_path, "w") as f:
     f.write(to_markdown(results, title))
   return json_path, md_path
+
+
+# ---------------------------------------------------------------------------
+# AIS reliability over seeds and schedules (experiments/ais_reliability.py).
+# The estimate behind any AIS number is unbiased in Z, so by Markov's
+# inequality P(log Z_est > log Z + t) <= exp(-t): with n estimates the mean
+# test log-likelihood is at most min over them + log(n / 0.05) with
+# probability >= 95%, however degenerate their weights.
+
+
+def ais_estimates(params, num_iterations: int, test_v: np.ndarray, bias, *,
+                  schedules, num_betas, seeds: int, num_runs: int,
+                  batch_size: int = 1_000) -> list[dict]:
+  """One AIS estimate (and test log-likelihood) per schedule x length x seed."""
+  rows = []
+  for kind, n, seed in itertools.product(schedules, num_betas, range(seeds)):
+    logging.info("AIS %s x %d betas, seed %d ...", kind, n, seed)
+    result = _ais(jax.random.key(seed), params, num_iterations, num_betas=n,
+                  num_runs=num_runs, base_bias=bias,
+                  betas=capsjax.beta_schedule(n, kind))
+    ess = float(result.ess)
+    log_z = float(result.log_z)
+    reliable = ess >= capsjax.likelihood.ess_threshold(num_runs)
+    log_p = log_probs(params, test_v, num_iterations, log_z, batch_size)
+    rows.append({"schedule": kind, "num_betas": n, "seed": seed,
+                 "num_runs": num_runs, "log_z": log_z,
+                 "log_z_std": float(result.log_z_std), "ess": ess,
+                 "acceptance_rate": float(result.acceptance_rate),
+                 "reliable": bool(reliable),
+                 "test_log_prob_mean": float(np.mean(log_p))})
+  return rows
+
+
+# The confidence of `ais_summary`'s upper bound.
+BOUND_FAILURE_PROBABILITY = 0.05
+
+
+def ais_summary(rows: list[dict]) -> list[dict]:
+  """Per schedule and length: the reliable seeds' mean and spread, and the
+  95% upper bound on the test log-likelihood (module docstring)."""
+  out = []
+  for key, group in itertools.groupby(
+      rows, key=lambda r: (r["schedule"], r["num_betas"])):
+    group = list(group)
+    good = [r["test_log_prob_mean"] for r in group if r["reliable"]]
+    out.append({
+        "schedule": key[0], "num_betas": key[1], "seeds": len(group),
+        "reliable_seeds": len(good),
+        "test_log_prob_mean": float(np.mean(good)) if good else None,
+        "test_log_prob_spread": (float(np.std(good, ddof=1))
+                                 if len(good) > 1 else None),
+        "upper_bound_95": (
+            min(r["test_log_prob_mean"] for r in group)
+            + float(np.log(len(group) / BOUND_FAILURE_PROBABILITY))),
+        "min_ess": min(r["ess"] for r in group),
+        "acceptance_rate": float(np.mean([r["acceptance_rate"]
+                                          for r in group])),
+    })
+  return out
+
+
+def ais_markdown(rows: list[dict], title: str) -> str:
+  lines = [f"# {title}", "",
+           "| schedule | betas | seeds reliable | test log p (nats), mean ± "
+           "spread over reliable seeds | 95% upper bound | min ESS | "
+           "MH acceptance |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for s in ais_summary(rows):
+    if s["test_log_prob_mean"] is None:
+      ll = "degenerate: not quoted"
+    elif s["test_log_prob_spread"] is None:
+      ll = f"{s['test_log_prob_mean']:.2f} (one reliable seed)"
+    else:
+      ll = f"{s['test_log_prob_mean']:.2f} ± {s['test_log_prob_spread']:.2f}"
+    lines.append(f"| {s['schedule']} | {s['num_betas']} | "
+                 f"{s['reliable_seeds']} / {s['seeds']} | {ll} | "
+                 f"<= {s['upper_bound_95']:.1f} | {s['min_ess']:.1f} | "
+                 f"{s['acceptance_rate']:.3f} |")
+  return "\n".join(lines) + "\n"

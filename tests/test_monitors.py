@@ -32,7 +32,8 @@ def test_ais_monitor_matches_independent_units(tmp_path, r):
   """W = 0: the model is independent Bernoulli(sigmoid(a)) pixels, whose
   log-likelihood numpy computes exactly; AIS from the data marginals must
   find it (routing is uniform too: every vote is 0)."""
-  config = tiny_config(str(tmp_path), num_iterations=r)
+  config = tiny_config(str(tmp_path), num_iterations=r,
+                       monitor_ais_betas=300)
   train_v, test_v = _binary(1, 200, config), _binary(2, 50, config)
   # Biases near the base model's (the marginals), as after training from
   # the runner's initialization: a short schedule then suffices.
@@ -57,6 +58,7 @@ def test_ais_monitor_withholds_degenerate_estimates(tmp_path):
   """Two betas (plain importance sampling from the marginals) on a strongly
   coupled routed layer: the weights collapse and the estimate is NaN."""
   config = tiny_config(str(tmp_path), num_iterations=3, monitor_ais_betas=2)
+  assert config.monitor_ais_runs == 16
   params = _layer(config, w_std=1.0)
   v = _binary(4, 50, config)
   out = train_lib.make_evaluate(config)(params, v, v, jax.random.key(5))

@@ -42,6 +42,9 @@ def tiny_config(data_dir, **overrides):
   config.num_samples = 10
   config.sample_steps = 5
   config.momentum_switch_step = 5
+  # The AIS monitor compiles a program of its own: tests/test_monitors.py
+  # turns it on where it is under test.
+  config.monitor_ais_betas = 0
   config.update(overrides)
   return config
 
@@ -180,7 +183,7 @@ def test_mnist_config_trains_on_full_mnist(tmp_path):
                 data_manual_dir=str(SHARED_MNIST), num_steps=4,
                 log_every_steps=2, eval_every_steps=4, sample_every_steps=4,
                 checkpoint_every_steps=4, num_samples=4, sample_steps=2,
-                num_eval_examples=100)
+                num_eval_examples=100, monitor_ais_betas=0)
   workdir = str(tmp_path / "run")
   state = train_lib.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
