@@ -400,16 +400,6 @@ def select_image(d: train_lib.Data, split: str, index: int):
   return np.asarray(grey[index]), int(labels[index])
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
-                               required=True)
-_INDEX = flags.DEFINE_integer("index", None, "Which image of the split.",
-                              required=True)
-_SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"],
-                           "The split the image comes from.")
-_OUT = flags.DEFINE_string("out", None, "The PNG to write.", required=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the binarization.")
-
-
 def run(workdir: str, index: int, out: str, *, split: str = "test",
         seed: int = 0) -> None:
   """The command: writes the diagram of image `index` of `split` to `out`.
@@ -440,10 +430,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
-  run(_WORKDIR.value, _INDEX.value, _OUT.value, split=_SPLIT.value,
-      seed=_SEED.value)
-  print(_OUT.value)
+  f = flags.FLAGS
+  run(f.workdir, f.index, f.out, split=f.split, seed=f.seed)
+  print(f.out)
+
+
+def _define_flags():
+  # Defined only when run as a program: the tests import this module beside
+  # other mains (bars_and_stripes) that define flags of the same names.
+  flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+  flags.DEFINE_integer("index", None, "Which image of the split.",
+                       required=True)
+  flags.DEFINE_enum("split", "test", ["test", "train"],
+                    "The split the image comes from.")
+  flags.DEFINE_string("out", None, "The PNG to write.", required=True)
+  flags.DEFINE_integer("seed", 0, "Seed of the binarization.")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
