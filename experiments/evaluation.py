@@ -252,7 +252,6 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
   """
   sample_key, subset_key, binarize_key = jax.random.split(key, 3)
   n = settings.frechet_samples
-  bs = settings.batch_size
   front_end = front_ends.get(config)
   if not front_end.pixel_space:
     return _decoded_frechet_measures(
@@ -260,17 +259,10 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
         test_grey, classifier, settings, timed)
   to_images = functools.partial(data_lib.capsules_to_images,
                                 patch=config.patch_size)
-  marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
-  samples, acceptance = timed(
-      "frechet_sampling", frechet.model_samples, sample_key, params,
-      marginals, num_samples=n, num_steps=settings.frechet_steps,
-      num_iterations=config.num_iterations, mh=settings.frechet_mh,
-      batch_size=bs)
-  n_floor = min(n, len(train_grey))
-  # A random subset: the embedded subset's files are ordered.
-  subset = np.sort(np.asarray(jax.random.permutation(
-      subset_key, len(train_grey)))[:n_floor])
-  train_v = binarize_capsules(config, train_grey[subset], binarize_key, bs)
+  samples, acceptance, subset, train_v = _samples_and_floor_subset(
+      sample_key, subset_key, binarize_key, config, params, train_grey,
+      settings, timed)
+  n_floor = len(subset)
 
   def stats(v):
     return frechet.feature_stats(classifier.features(to_images(v)))
@@ -306,6 +298,24 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
   }
 
 
+def _samples_and_floor_subset(sample_key, subset_key, binarize_key, config,
+                              params, train_grey, settings, timed):
+  """Model samples for the Fréchet distance, and the floor's random subset
+  of training images (indices) with its binarized visible capsules."""
+  n, bs = settings.frechet_samples, settings.batch_size
+  marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
+  samples, acceptance = timed(
+      "frechet_sampling", frechet.model_samples, sample_key, params,
+      marginals, num_samples=n, num_steps=settings.frechet_steps,
+      num_iterations=config.num_iterations, mh=settings.frechet_mh,
+      batch_size=bs)
+  # A random subset: the embedded subset's files are ordered.
+  subset = np.sort(np.asarray(jax.random.permutation(
+      subset_key, len(train_grey)))[:min(n, len(train_grey))])
+  train_v = binarize_capsules(config, train_grey[subset], binarize_key, bs)
+  return samples, acceptance, subset, train_v
+
+
 def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
                               params, train_grey, test_grey, classifier,
                               settings, timed) -> dict:
@@ -322,16 +332,10 @@ def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
     raise ValueError("a non-pixel front end needs the grey test images")
   n, bs = settings.frechet_samples, settings.batch_size
   front_end = front_ends.get(config)
-  marginals = jnp.asarray(train_lib.grey_marginals(config, train_grey))
-  samples, acceptance = timed(
-      "frechet_sampling", frechet.model_samples, sample_key, params,
-      marginals, num_samples=n, num_steps=settings.frechet_steps,
-      num_iterations=config.num_iterations, mh=settings.frechet_mh,
-      batch_size=bs)
-  n_floor = min(n, len(train_grey))
-  subset = np.sort(np.asarray(jax.random.permutation(
-      subset_key, len(train_grey)))[:n_floor])
-  train_v = binarize_capsules(config, train_grey[subset], binarize_key, bs)
+  samples, acceptance, subset, train_v = _samples_and_floor_subset(
+      sample_key, subset_key, binarize_key, config, params, train_grey,
+      settings, timed)
+  n_floor = len(subset)
 
   def stats(grey):
     return frechet.feature_stats(classifier.features(grey))
