@@ -17,7 +17,7 @@ from experiments import classifier as classifier_lib
 from experiments import evaluation
 from experiments import front_ends
 from experiments import train_lib
-from experiments.configs import default
+from tests import test_train
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +40,12 @@ def tiny_ae_config(data_dir, **overrides):
 
 
 def tiny_config(data_dir, **overrides):
-  config = default.get_config()
-  config.data_dir = data_dir
-  config.patch_size = 7          # 16 capsules of 49 pixels
-  config.num_hidden_capsules = 4
-  config.hidden_dim = 4
-  config.num_iterations = 1
-  config.batch_size = 20
-  config.num_steps = 6
-  config.log_every_steps = 3
-  config.eval_every_steps = 6
-  config.sample_every_steps = 6
-  config.checkpoint_every_steps = 3
-  config.num_eval_examples = 20
-  config.num_samples = 10
-  config.sample_steps = 3
-  config.momentum_switch_step = 3
-  config.monitor_ais_betas = 0
-  config.update(overrides)
-  return config
+  """tests/test_train.py's tiny layer, unrouted, six updates."""
+  settings = dict(num_iterations=1, num_steps=6, log_every_steps=3,
+                  eval_every_steps=6, sample_every_steps=6,
+                  checkpoint_every_steps=3, num_eval_examples=20,
+                  sample_steps=3, momentum_switch_step=3)
+  return test_train.tiny_config(data_dir, **(settings | overrides))
 
 
 @pytest.fixture(scope="module")
