@@ -27,7 +27,6 @@ import os
 
 from absl import app
 from absl import flags
-import jax
 
 import capsjax
 from capsjax import data
@@ -68,8 +67,7 @@ def main(argv):
   except (ValueError, data.DatasetNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   # The same test binarization and base model as experiments.evaluate.
-  keys = dict(zip(("base", "test", "probe", "ais"),
-                  jax.random.split(jax.random.key(0), 4)))
+  keys = evaluation.evaluation_keys(0)
   bs = _BATCH.value
   test_v = evaluation.binarize_capsules(config, d.test, keys["test"], bs)
   bias = evaluation.base_bias(config, d.train, keys["base"], bs)

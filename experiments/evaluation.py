@@ -399,6 +399,13 @@ def ais_size(settings: Settings) -> tuple[int, int]:
   return settings.num_betas or betas, settings.num_runs or runs
 
 
+def evaluation_keys(seed: int) -> dict:
+  """The evaluation's random streams: base model, test binarization, probe
+  binarization, AIS (ais_reliability reuses the first two)."""
+  return dict(zip(("base", "test", "probe", "ais"),
+                  jax.random.split(jax.random.key(seed), 4)))
+
+
 def evaluate(config, step: int, params, data: train_lib.Data,
              settings: Settings = Settings(),
              classifier: classifier_lib.Loaded | None = None) -> dict:
@@ -410,8 +417,7 @@ def evaluate(config, step: int, params, data: train_lib.Data,
   num_betas, num_runs = ais_size(settings)
   r = config.num_iterations
   bs = settings.batch_size
-  keys = dict(zip(("base", "test", "probe", "ais"),
-                  jax.random.split(jax.random.key(settings.seed), 4)))
+  keys = evaluation_keys(settings.seed)
   times = {}
 
   def timed(name, fn, *args, **kwargs):
