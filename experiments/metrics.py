@@ -38,7 +38,11 @@ class MetricWriter:
     logging.info("[%d] %s", step,
                  ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
     for k, v in scalars.items():
-      self._tb.add_scalar(k, v, step)
+      # A NaN marks a monitor without an estimate this time (e.g. AIS
+      # with too few effective runs); TensorBoard cannot plot it, and
+      # tensorboardX warns on each one. metrics.jsonl keeps it.
+      if np.isfinite(v):
+        self._tb.add_scalar(k, v, step)
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
 
