@@ -18,6 +18,9 @@ does not depend on the values). Measured in the same run:
 * (c) routing alone (predictions + 3 iterations) at Sabour et al.'s digit
   capsules, 1152x8 -> 10x16, batch 128, forward and with gradient;
 * (d) AIS throughput, betas x runs per second;
+* (e) the parts of the routed CD-1 step at 49x16 -> 32x16, r = 3 (routing,
+  each conditional and the weight statistics with per-example
+  coefficients), timed in the same rounds: what bounds case (b);
 * per case: FLOPs per step counted analytically and by XLA's cost analysis,
   % of the measured ceiling, XLA's buffer sizes (arguments + outputs +
   temporaries) as the peak memory, and whether any call recompiled.
@@ -199,7 +202,52 @@ def train_cases(quick: bool) -> list[TrainCase]:
     for r in ((1,) if layer == PAPER else ()) + iterations:
       for k in ((1,) if quick else (1, 5)):
         cases.append(TrainCase(f"b_{layer}_r{r}_cd{k}", "b", layer, k, r))
+  # The routed target's case without the monitors, like sklearn's step.
+  cases.append(TrainCase(f"b_{PATCHES}_r3_cd1_lean", "b", PATCHES, 1, 3,
+                         monitors=False))
   return cases
+
+
+def _votes(W, v):
+  """`predictions` laid out (Nv, B, Nh Dh): one batched product over i, no
+  transposition of the output."""
+  nv, nh, dh, dv = W.shape
+  return jax.lax.dot_general(jnp.swapaxes(v, 0, 1),
+                             W.reshape(nv, nh * dh, dv),
+                             (((2,), (2,)), ((0,), (0,))))
+
+
+def component_fns(layer: Layer = PATCHES, r: int = 3
+                  ) -> dict[str, Callable[[], object]]:
+  """(e): the parts of a routed CD-1 step, each jitted alone, batch 100.
+
+  A CD-1 step with rerouted negatives routes twice (the data and the
+  negative sample) and, besides, does the RBM step's five contractions
+  with per-example coefficients: `hidden_probs` twice (once shared with
+  the data's statistics), `visible_probs` once, `interaction_statistics`
+  twice. `votes` (the batch's votes, in their cheapest layout) is the
+  part of routing no implementation can skip.
+  """
+  params = _params(layer)
+  v = jnp.asarray(_binary_data(BATCH, layer.nv * layer.dv, 4).reshape(
+      BATCH, layer.nv, layer.dv))
+  c = jax.jit(capsjax.route_visible, static_argnums=2)(params, v, r)
+  h = jnp.asarray(_binary_data(BATCH, layer.nh * layer.dh, 5).reshape(
+      BATCH, layer.nh, layer.dh))
+  parts = {
+      "votes": (_votes, (params["W"], v)),
+      "route_visible": (functools.partial(capsjax.route_visible,
+                                          num_iterations=r), (params, v)),
+      "hidden_probs": (capsjax.hidden_probs, (params, v, c)),
+      "visible_probs": (capsjax.visible_probs, (params, h, c)),
+      "interaction_statistics": (capsjax.energies.interaction_statistics,
+                                 (v, h, c)),
+  }
+  fns = {}
+  for name, (fn, args) in parts.items():
+    jitted = jax.jit(fn)
+    fns[f"e_{name}"] = functools.partial(jitted, *args)
+  return fns
 
 
 def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
@@ -248,6 +296,10 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
     case_data = data if n_pix == 784 else _binary_data(steps * BATCH, n_pix, 1)
     fns[case.name], jitted[case.name] = _train_epoch_fn(case, case_data, steps)
   fns["sklearn"] = _sklearn_epoch_fn(data[:sklearn_examples])
+  parts = component_fns()
+  # A part is one call; repeat it `steps` times per round like a case.
+  for name, fn in parts.items():
+    fns[name] = lambda fn=fn: [fn() for _ in range(steps)][-1]
   times = _round_robin(fns, repeats)
 
   sk_times = np.asarray(times["sklearn"])
@@ -282,6 +334,21 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
         # step recompiled.
         "compilations": step._cache_size(),  # pylint: disable=protected-access
     })
+  components = {name[2:]: 1e3 * float(np.median(times[name])) / steps
+                for name in parts}
+  lean = {t["case"]: t["step_ms"] for t in results}[
+      "a_plain_cd1_lean"]
+  # A routed CD-1 step routes twice and, besides, does the unrouted step's
+  # matrix products (with per-example c they cost at least as much). Its
+  # floor with this routing, and with routing reduced to computing the
+  # votes (every iteration free).
+  sklearn_step_ms = 1e3 * sklearn["seconds"] / sklearn_examples * BATCH
+  for name, part in (("floor", "route_visible"),
+                     ("votes_floor", "votes")):
+    ms = 2 * components[part] + lean
+    components[f"{name}_ms"] = ms
+    components[f"{name}_ratio_vs_sklearn"] = sklearn_step_ms / ms
+  sklearn["components_ms"] = components
   return sklearn, results
 
 
@@ -371,6 +438,18 @@ def _table(ceiling, sklearn, train, routing, ais) -> str:
         f"{t['gflops']:>9.1f}{t['roofline_pct']:>7.1f}"
         f"{t['analytic_flops'] / 1e6:>8.0f}{t['xla_flops'] / 1e6:>10.0f}"
         f"{t['peak_mb']:>9.1f}{t['compilations']:>9d}")
+  parts = sklearn["components_ms"]
+  lines.append("")
+  lines.append(
+      "e: parts of the routed CD-1 step (49x16->32x16, r 3, batch 100), ms: "
+      + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()
+                  if "floor" not in k))
+  for name, part in (("floor", "route_visible"),
+                     ("votes_floor", "votes")):
+    lines.append(
+        f"   {name} = 2 x {part} + a_plain_cd1_lean step = "
+        f"{parts[name + '_ms']:.2f} ms: at best "
+        f"{parts[name + '_ratio_vs_sklearn']:.2f}x sklearn's throughput")
   lines.append("")
   for c in routing:
     lines.append(
