@@ -133,6 +133,7 @@ def test_split_slicing(small_dir):
 # --- full MNIST from the manual dir ---------------------------------------
 
 
+@pytest.mark.slow
 @needs_raw
 def test_full_mnist_matches_raw(mnist_dir):
   builder = data.get_builder("mnist", data_dir=mnist_dir)

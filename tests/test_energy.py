@@ -127,6 +127,7 @@ def test_gaussian_conditional_is_the_energy_ratio():
   np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
 def test_check_grads_energy_and_free_energy(visible):
   params = _params(15, 0.5)

@@ -11,7 +11,7 @@ import pytest
 
 from experiments import evaluation
 from experiments import train_lib
-from experiments.configs import default
+from tests import test_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # AIS small enough for a test; the measures are checked for range, not value.
@@ -25,16 +25,9 @@ LL_KEYS = {"test_log_prob_mean", "test_log_prob_sem", "log_z", "log_z_std",
 
 
 def tiny_config(data_dir, **overrides):
-  # tests/test_train.py's tiny run (same shapes and sizes, so the persistent
+  # tests/test_train.py's tiny run (the same config, so the persistent
   # compilation cache of tests/conftest.py serves both files).
-  config = default.get_config()
-  config.update(data_dir=data_dir, patch_size=7, num_hidden_capsules=4,
-                hidden_dim=4, batch_size=20, num_steps=20, log_every_steps=5,
-                eval_every_steps=10, sample_every_steps=20,
-                checkpoint_every_steps=10, num_eval_examples=50,
-                num_samples=10, sample_steps=5, momentum_switch_step=5)
-  config.update(overrides)
-  return config
+  return test_train.tiny_config(data_dir, **overrides)
 
 
 def _check_results(results, num_runs):
@@ -66,6 +59,7 @@ def _measures(results):
           if k not in ("wall_time_s", "platform")}
 
 
+@pytest.mark.slow
 def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
     tmp_path):
   # One test, so that `pytest -n 2` trains the run once.

@@ -163,6 +163,7 @@ def trained(small_data, tmp_path_factory):
   return model, loss, acc, workdir
 
 
+@pytest.mark.slow
 def test_classifier_learns_the_embedded_subset_and_round_trips(
     small_data, trained):
   config, (_, _, test_x, _) = small_data
@@ -206,6 +207,7 @@ def test_markdown_without_a_classifier_says_how_to_get_one():
 # End to end: evaluate --classifier_workdir on a tiny trained run.
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_frechet_distance(small_data, trained,
                                               tmp_path):
   config, _ = small_data

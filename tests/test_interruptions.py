@@ -45,6 +45,7 @@ def _wait_for(predicate, proc, what, timeout=240):
     time.sleep(0.005)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_exactly(data_dir, tmp_path):
   """A run killed three times (twice inside a checkpoint write, once at a
   random moment) restores its latest complete checkpoint after every kill,

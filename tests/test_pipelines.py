@@ -103,6 +103,7 @@ def test_front_end_config_errors_name_the_field_and_the_fix():
 # The autoencoder.
 
 
+@pytest.mark.slow
 def test_autoencoder_checkpoint_restores_and_resumes_exactly(ae_workdir,
                                                              data_dir, grey):
   config = autoencoder.load_config(ae_workdir)
@@ -158,6 +159,7 @@ def _settings():
                              frechet_steps=2)
 
 
+@pytest.mark.slow
 def test_autoencoder_poe_trains_samples_and_evaluates(ae_workdir, data_dir,
                                                       tmp_path, grey):
   config = tiny_config(data_dir, front_end="autoencoder",
@@ -190,6 +192,7 @@ def test_autoencoder_poe_trains_samples_and_evaluates(ae_workdir, data_dir,
 # Stacked layers.
 
 
+@pytest.mark.slow
 def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
                                                                tmp_path,
                                                                grey):

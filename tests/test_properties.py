@@ -7,6 +7,7 @@ ones; hypothesis's example count is kept small for the 2-core budget.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import capsjax
@@ -33,6 +34,7 @@ def layers(draw, max_neurons=6):
   return params, v, h, draw(st.integers(1, 4))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(layers())
 def test_routing_and_conditionals_are_well_formed(layer):
@@ -47,6 +49,7 @@ def test_routing_and_conditionals_are_well_formed(layer):
     assert np.all(np.isfinite(capsjax.routed_free_energy(params, v, r)))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(layers())
 def test_free_energy_is_the_log_sum_over_hidden_states(layer):

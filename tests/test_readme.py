@@ -3,9 +3,12 @@
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(capsys):
   blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
   assert blocks, "README.md has no python example"

@@ -126,6 +126,7 @@ class TestRoute:
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mapped, eager, rtol=1e-6, atol=1e-7)
 
+  @pytest.mark.slow
   def test_check_grads(self):
     with jax.enable_x64(True):
       u = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 4, 2)))

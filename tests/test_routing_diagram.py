@@ -210,6 +210,7 @@ def workdir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_command_writes_a_png(workdir, tmp_path):
   """The command line, end to end."""
   out = tmp_path / "diagram.png"

@@ -55,6 +55,7 @@ def reference(data_dir, tmp_path_factory):
   return jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_same_result_on_1_2_and_8_devices_and_checkpoints_move(
     data_dir, reference, tmp_path):
   # A checkpoint of update 5 written here, on one device, for the worker
@@ -97,6 +98,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data_dir, reference, tmp_path):
   """`experiments.train` on 2 processes x 2 CPU devices, via jax.distributed."""
   workdir = tmp_path / "run"

@@ -76,6 +76,7 @@ def test_a_patch_that_does_not_tile_is_rejected():
     sklearn_rbm.params_from_sklearn(random_rbm(10, 3), 1)
 
 
+@pytest.mark.slow
 def test_command_writes_a_workdir_that_evaluate_reads(tmp_path):
   workdir = tmp_path / "sklearn"
   result = subprocess.run(

@@ -62,6 +62,7 @@ def _restore(workdir):
   return train_lib.load_run(workdir)[1]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_then_sample(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir)
@@ -176,7 +177,8 @@ def test_data_order_is_a_permutation_per_epoch():
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(),
                     reason=f"raw MNIST not found at {SHARED_MNIST} "
                     "(only on development and CI machines)")
-def test_mnist_config_trains_on_full_mnist(tmp_path):
+@pytest.mark.slow
+def test_mnist_config_trains_on_full_mnist(tmp_path, monkeypatch):
   from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
   config = mnist.get_config()
   config.update(data_dir=str(tmp_path / "tfds"),
@@ -184,10 +186,15 @@ def test_mnist_config_trains_on_full_mnist(tmp_path):
                 log_every_steps=2, eval_every_steps=4, sample_every_steps=4,
                 checkpoint_every_steps=4, num_samples=4, sample_steps=2,
                 num_eval_examples=100, monitor_ais_betas=0)
+  # The data the run itself loaded (reading full MNIST again would take
+  # ~10 s): train_lib.load_data, recorded.
+  loaded, load_data = [], train_lib.load_data
+  monkeypatch.setattr(train_lib, "load_data",
+                      lambda c: loaded.append(load_data(c)) or loaded[-1])
   workdir = str(tmp_path / "run")
   state = train_lib.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
-  data = train_lib.load_data(config)
+  (data,) = loaded
   assert data.train.shape == (60000, 28, 28)
   assert data.test.shape == (10000, 28, 28)
 
