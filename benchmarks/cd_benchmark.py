@@ -208,6 +208,13 @@ def train_cases(quick: bool) -> list[TrainCase]:
   return cases
 
 
+# (e)'s floors: a routed CD-1 step routes twice and, besides, does the
+# unrouted step's matrix products (with per-example c they cost at least as
+# much): its floor with this routing, and with routing reduced to computing
+# the votes (every iteration free).
+FLOORS = (("floor", "route_visible"), ("votes_floor", "votes"))
+
+
 def _votes(W, v):
   """`predictions` laid out (Nv, B, Nh Dh): one batched product over i, no
   transposition of the output."""
@@ -287,7 +294,7 @@ def _sklearn_epoch_fn(data: np.ndarray):
 
 def training_benchmark(quick: bool, repeats: int, steps: int,
                        sklearn_examples: int, ceiling_gflops: float
-                       ) -> tuple[dict, list[dict]]:
+                       ) -> tuple[dict, list[dict], dict]:
   data = _binary_data(max(steps * BATCH, sklearn_examples), 784)
   cases = train_cases(quick)
   fns, jitted = {}, {}
@@ -336,20 +343,13 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
     })
   components = {name[2:]: 1e3 * float(np.median(times[name])) / steps
                 for name in parts}
-  lean = {t["case"]: t["step_ms"] for t in results}[
-      "a_plain_cd1_lean"]
-  # A routed CD-1 step routes twice and, besides, does the unrouted step's
-  # matrix products (with per-example c they cost at least as much). Its
-  # floor with this routing, and with routing reduced to computing the
-  # votes (every iteration free).
+  lean = {t["case"]: t["step_ms"] for t in results}["a_plain_cd1_lean"]
   sklearn_step_ms = 1e3 * sklearn["seconds"] / sklearn_examples * BATCH
-  for name, part in (("floor", "route_visible"),
-                     ("votes_floor", "votes")):
+  floors = {}
+  for name, part in FLOORS:
     ms = 2 * components[part] + lean
-    components[f"{name}_ms"] = ms
-    components[f"{name}_ratio_vs_sklearn"] = sklearn_step_ms / ms
-  sklearn["components_ms"] = components
-  return sklearn, results
+    floors[name] = {"ms": ms, "ratio_vs_sklearn": sklearn_step_ms / ms}
+  return sklearn, results, {"ms": components, "floors": floors}
 
 
 def routing_benchmark(quick: bool, repeats: int) -> list[dict]:
@@ -418,7 +418,7 @@ def ais_benchmark(quick: bool, repeats: int) -> list[dict]:
 # Report.
 
 
-def _table(ceiling, sklearn, train, routing, ais) -> str:
+def _table(ceiling, sklearn, train, components, routing, ais) -> str:
   lines = [
       f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on "
       f"{os.cpu_count()} cores",
@@ -438,18 +438,16 @@ def _table(ceiling, sklearn, train, routing, ais) -> str:
         f"{t['gflops']:>9.1f}{t['roofline_pct']:>7.1f}"
         f"{t['analytic_flops'] / 1e6:>8.0f}{t['xla_flops'] / 1e6:>10.0f}"
         f"{t['peak_mb']:>9.1f}{t['compilations']:>9d}")
-  parts = sklearn["components_ms"]
   lines.append("")
   lines.append(
       "e: parts of the routed CD-1 step (49x16->32x16, r 3, batch 100), ms: "
-      + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()
-                  if "floor" not in k))
-  for name, part in (("floor", "route_visible"),
-                     ("votes_floor", "votes")):
+      + ", ".join(f"{k} {v:.2f}" for k, v in components["ms"].items()))
+  for name, part in FLOORS:
+    floor = components["floors"][name]
     lines.append(
         f"   {name} = 2 x {part} + a_plain_cd1_lean step = "
-        f"{parts[name + '_ms']:.2f} ms: at best "
-        f"{parts[name + '_ratio_vs_sklearn']:.2f}x sklearn's throughput")
+        f"{floor['ms']:.2f} ms: at best "
+        f"{floor['ratio_vs_sklearn']:.2f}x sklearn's throughput")
   lines.append("")
   for c in routing:
     lines.append(
@@ -469,8 +467,8 @@ def run(quick: bool, repeats: int, steps: int, sklearn_examples: int) -> dict:
     repeats, steps, sklearn_examples = 2, 2, 500
   load_at_start = os.getloadavg()
   ceiling = matmul_ceiling(1024 if quick else 4096, max(3, repeats))
-  sklearn, train = training_benchmark(quick, repeats, steps, sklearn_examples,
-                                      ceiling["gflops"])
+  sklearn, train, components = training_benchmark(
+      quick, repeats, steps, sklearn_examples, ceiling["gflops"])
   routing = routing_benchmark(quick, repeats)
   ais = ais_benchmark(quick, repeats)
   import sklearn as sk  # pylint: disable=g-import-not-at-top
@@ -491,8 +489,8 @@ def run(quick: bool, repeats: int, steps: int, sklearn_examples: int) -> dict:
                    "batch": BATCH, "sklearn_examples": sklearn_examples,
                    "dtype": "float32"},
       "matmul_ceiling": ceiling, "sklearn": sklearn, "training": train,
-      "routing": routing, "ais": ais,
-      "table": _table(ceiling, sklearn, train, routing, ais),
+      "components": components, "routing": routing, "ais": ais,
+      "table": _table(ceiling, sklearn, train, components, routing, ais),
   }
 
 

@@ -1,0 +1,32 @@
+"""benchmarks/cd_benchmark.py's analytic FLOP count against XLA's own count.
+
+The benchmark's "% of roofline" divides these counts by the measured
+ceiling; XLA's cost analysis is the independent reference. (Speed itself is
+never asserted in a test.)
+"""
+
+import functools
+
+import jax
+import optax
+import pytest
+
+import capsjax
+from benchmarks import cd_benchmark
+
+
+@pytest.mark.parametrize("monitors", [True, False])
+def test_cd1_step_flops_match_xla_cost_analysis(monitors):
+  layer, batch = cd_benchmark.PATCHES, cd_benchmark.BATCH
+  opt = optax.sgd(0.01)
+  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt, k=1,
+                                   num_iterations=1, monitors=monitors))
+  params = cd_benchmark._params(layer)
+  v = cd_benchmark._binary_data(batch, layer.nv * layer.dv).reshape(
+      batch, layer.nv, layer.dv)
+  stats = cd_benchmark._compiled_stats(
+      step, capsjax.init_train_state(params, opt), jax.random.key(0), v)
+  analytic = cd_benchmark.cd_step_flops(layer, batch, 1, 1, monitors)
+  # XLA also counts the elementwise work (sigmoids, sampling, the
+  # optimizer), a few percent at this size; the contractions are the rest.
+  assert analytic <= stats["xla_flops"] <= 1.1 * analytic
