@@ -47,16 +47,6 @@ import optax
 
 import capsjax
 
-_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON.")
-_QUICK = flags.DEFINE_bool(
-    "quick", False, "Smoke run: tiny sizes, few repeats (numbers meaningless).")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per case.")
-_STEPS = flags.DEFINE_integer(
-    "steps", 20, "Training steps (batches) per timed repeat.")
-_SKLEARN_EXAMPLES = flags.DEFINE_integer(
-    "sklearn_examples", 5000, "Examples per timed scikit-learn epoch.")
-
-
 class Layer(NamedTuple):
   nv: int  # lower capsules
   dv: int  # neurons per lower capsule
@@ -496,13 +486,28 @@ def run(quick: bool, repeats: int, steps: int, sklearn_examples: int) -> dict:
 
 def main(argv):
   del argv
-  result = run(_QUICK.value, _REPEATS.value, _STEPS.value,
-               _SKLEARN_EXAMPLES.value)
+  f = flags.FLAGS
+  result = run(f.quick, f.repeats, f.steps, f.sklearn_examples)
   print(result["table"])
-  with open(_OUT.value, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"\nwrote {_OUT.value}")
+  with open(f.out, "w") as out:
+    json.dump(result, out, indent=1)
+  print(f"\nwrote {f.out}")
+
+
+def _define_flags():
+  # Defined only when run as a program: tests import this module beside
+  # mains that define flags of the same names (bars_and_stripes: --steps).
+  flags.DEFINE_string("out", "bench.json", "Where to write the JSON.")
+  flags.DEFINE_bool(
+      "quick", False,
+      "Smoke run: tiny sizes, few repeats (numbers meaningless).")
+  flags.DEFINE_integer("repeats", 5, "Timed repeats per case.")
+  flags.DEFINE_integer("steps", 20,
+                       "Training steps (batches) per timed repeat.")
+  flags.DEFINE_integer("sklearn_examples", 5000,
+                       "Examples per timed scikit-learn epoch.")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
