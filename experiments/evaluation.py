@@ -288,13 +288,18 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
       "sample_acceptance_rate": acceptance,
       "samples": "binary states after the last step of chains started at "
                  "Bernoulli(data marginals)",
-      "classifier": {
-          "workdir": info.get("workdir"),
-          "dataset": info["config"]["dataset"],
-          "num_features": info["config"]["num_features"],
-          "test_accuracy": info.get("test_accuracy"),
-          "test_accuracy_binarized": info.get("test_accuracy_binarized"),
-      },
+      "classifier": _classifier_summary(classifier.info),
+  }
+
+
+def _classifier_summary(info: dict) -> dict:
+  """What the Fréchet results record of the feature classifier."""
+  return {
+      "workdir": info.get("workdir"),
+      "dataset": info["config"]["dataset"],
+      "num_features": info["config"]["num_features"],
+      "test_accuracy": info.get("test_accuracy"),
+      "test_accuracy_binarized": info.get("test_accuracy_binarized"),
   }
 
 
@@ -346,7 +351,6 @@ def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
   model_stats = timed("frechet_features_samples", stats, decode(samples))
   floor_stats = timed("frechet_features_train", stats, train_grey[subset])
   fe_stats = timed("frechet_features_front_end", stats, decode(train_v))
-  info = classifier.info
   return {
       "computed": True,
       "distance": frechet.frechet_distance(*model_stats, *test_stats),
@@ -363,13 +367,7 @@ def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
                  "Bernoulli(data marginals), decoded to grey images by the "
                  f"front end ({front_end.description}); compared with grey "
                  "test images",
-      "classifier": {
-          "workdir": info.get("workdir"),
-          "dataset": info["config"]["dataset"],
-          "num_features": info["config"]["num_features"],
-          "test_accuracy": info.get("test_accuracy"),
-          "test_accuracy_binarized": info.get("test_accuracy_binarized"),
-      },
+      "classifier": _classifier_summary(classifier.info),
   }
 
 
