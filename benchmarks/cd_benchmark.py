@@ -7,7 +7,8 @@ Everything runs in one process, float32, on random binary data (throughput
 does not depend on the values). Measured in the same run:
 
 * the machine's ceiling: a large jitted float32 matmul, GFLOP/s;
-* `capsjax.train_step` (CD-k through `optax.sgd`) throughput, examples/s,
+* `capsjax.train_step` (CD-k through `optax.sgd`, with `capsjax.cd_monitors`
+  unless a case is "lean") throughput, examples/s,
   for (a) the plain-RBM-equivalent layer 49x16 -> 32x16 with one routing
   iteration (784 -> 512 neurons) and (b) routed layers 49x16 -> 32x16 and
   144x8 -> 10x16 with 1, 3 and 5 iterations; beside scikit-learn's
@@ -137,14 +138,16 @@ def routing_flops(layer: Layer, batch: int, r: int) -> int:
 
 def cd_step_flops(layer: Layer, batch: int, k: int, r: int,
                   monitors: bool = True) -> int:
-  """The dominant FLOPs of one `train_step` (CD-k, rerouting each sample).
+  """The dominant FLOPs of one `cd_step` (CD-k, rerouting each sample).
 
   Contractions: 2 per Gibbs step (hidden, visible), the negative hidden
-  probabilities, two weight statistics, the reconstruction's visible pass
-  (only with `monitors`), and, for k > 1, the data's hidden probabilities again (the chain's first
-  step runs inside the scan, so XLA cannot share it). Routing: the data's
-  and one per Gibbs step. Elementwise work (sampling, sigmoids, the
-  optimizer) is O(B (Nv Dv + Nh Dh) + |W|) and left out.
+  probabilities, two weight statistics, and, for k > 1, the data's hidden
+  probabilities again (the chain's first step runs inside the scan, so XLA
+  cannot share it). With `monitors`, `cd_monitors` adds the
+  reconstruction's visible pass (its hidden inputs are the step's, which
+  XLA shares). Routing: the data's and one per Gibbs
+  step. Elementwise work (sampling, sigmoids, the optimizer) is
+  O(B (Nv Dv + Nh Dh) + |W|) and left out.
   """
   contractions = 2 * k + 3 + int(monitors) + (1 if k > 1 else 0)
   return (contractions * contraction_flops(layer, batch)
@@ -169,13 +172,26 @@ def _binary_data(num_examples: int, num_pixels: int, seed: int = 0
   return (rng.random((num_examples, num_pixels)) < 0.2).astype(np.float32)
 
 
+def cd_step(key, state, batch, *, optimizer, kernel, k: int = 1,
+            monitors: bool = True):
+  """The timed step: `capsjax.train_step`, then (as the runner logs them)
+  `capsjax.cd_monitors` of the parameters it started from, unless lean."""
+  new_state, info = capsjax.train_step(key, state, batch,
+                                       optimizer=optimizer, kernel=kernel,
+                                       k=k)
+  if not monitors:
+    return new_state, None
+  return new_state, capsjax.cd_monitors(state.params, batch, info,
+                                        kernel=kernel)
+
+
 class TrainCase(NamedTuple):
   name: str
   group: str
   layer: Layer
   k: int
   r: int
-  monitors: bool = True       # cd_gradient's reconstruction / F-gap monitors
+  monitors: bool = True       # cd_monitors' reconstruction / F-gap monitors
   prng: str = "threefry2x32"  # jax.random key implementation
 
 
@@ -228,17 +244,17 @@ def component_fns(layer: Layer = PATCHES, r: int = 3
   params = _params(layer)
   v = jnp.asarray(_binary_data(BATCH, layer.nv * layer.dv, 4).reshape(
       BATCH, layer.nv, layer.dv))
-  c = jax.jit(capsjax.route_visible, static_argnums=2)(params, v, r)
+  routing = capsjax.Routing(r)
+  c = jax.jit(capsjax.route_visible, static_argnums=2)(params, v, routing)
   h = jnp.asarray(_binary_data(BATCH, layer.nh * layer.dh, 5).reshape(
       BATCH, layer.nh, layer.dh))
   parts = {
       "votes": (_votes, (params["W"], v)),
       "route_visible": (functools.partial(capsjax.route_visible,
-                                          num_iterations=r), (params, v)),
+                                          routing=routing), (params, v)),
       "hidden_probs": (capsjax.hidden_probs, (params, v, c)),
       "visible_probs": (capsjax.visible_probs, (params, h, c)),
-      "interaction_statistics": (capsjax.energies.interaction_statistics,
-                                 (v, h, c)),
+      "interaction_statistics": (capsjax.interaction_statistics, (v, h, c)),
   }
   fns = {}
   for name, (fn, args) in parts.items():
@@ -251,9 +267,9 @@ def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
   """A callable running `steps` jitted train steps; (jitted step, its args)."""
   layer = case.layer
   opt = optax.sgd(0.01)
-  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt,
-                                   k=case.k, num_iterations=case.r,
-                                   monitors=case.monitors))
+  step = jax.jit(functools.partial(
+      cd_step, optimizer=opt, kernel=capsjax.gibbs(capsjax.Routing(case.r)),
+      k=case.k, monitors=case.monitors))
   batches = [jnp.asarray(data[i * BATCH:(i + 1) * BATCH].reshape(
       BATCH, layer.nv, layer.dv)) for i in range(steps)]
   state0 = capsjax.init_train_state(_params(layer), opt)
@@ -263,11 +279,11 @@ def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
   def epoch():
     state = holder["state"]
     for batch in batches:
-      state, info = step(state, key, batch)
+      state, monitors = step(key, state, batch)
     holder["state"] = state
-    return info.routing_entropy
+    return state, monitors
 
-  return epoch, (step, (state0, key, batches[0]))
+  return epoch, (step, (key, state0, batches[0]))
 
 
 def _sklearn_epoch_fn(data: np.ndarray):
@@ -351,10 +367,12 @@ def routing_benchmark(quick: bool, repeats: int) -> list[dict]:
 
   def outputs(W, v):  # the public two-step API: the votes exist once
     p = {**params, "W": W}
-    return capsjax.route(capsjax.predictions(p, v), r).outputs
+    return capsjax.route(capsjax.predictions(p, v), routing).outputs
 
+  routing = capsjax.Routing(r)
   forward = jax.jit(outputs)
-  fused = jax.jit(lambda W, v: capsjax.route_visible({**params, "W": W}, v, r))
+  fused = jax.jit(lambda W, v: capsjax.route_visible({**params, "W": W}, v,
+                                                     routing))
   grad = jax.jit(jax.grad(lambda W, v: jnp.sum(outputs(W, v) ** 2)))
   fns = {"forward": lambda: forward(params["W"], v),
          "route_visible": lambda: fused(params["W"], v),
@@ -388,7 +406,7 @@ def ais_benchmark(quick: bool, repeats: int) -> list[dict]:
   fns, jitted = {}, {}
   for r in (1, 3):
     jitted[r] = jax.jit(functools.partial(
-        capsjax.ais, num_iterations=r, num_betas=num_betas,
+        capsjax.ais, routing=capsjax.Routing(r), num_betas=num_betas,
         num_runs=num_runs))
     fns[r] = functools.partial(jitted[r], jax.random.key(3), params)
   times = _round_robin(fns, max(2, repeats // 2))

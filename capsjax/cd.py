@@ -15,142 +15,159 @@ import jax.numpy as jnp
 import optax
 
 from capsjax import energies
-from capsjax import routing
+from capsjax import routing as routing_lib
 from capsjax import sampling
 from capsjax import validation
 
 
 class CDInfo(NamedTuple):
-  chain: sampling.ChainState     # the negative chain's end: feed it back for PCD
+  chain: sampling.ChainState   # the negative chain's end: feed it back for PCD
+  data_coefficients: jax.Array   # (..., Nv, Nh): c_data = c(v_data)
+  negative: jax.Array            # (..., Nv, Dv): v_model of the statistics
+  negative_coefficients: jax.Array  # (..., Nv, Nh): c_model of the statistics
+  acceptance_rate: jax.Array     # (): mean MH acceptance over the k steps
+
+
+class CDMonitors(NamedTuple):
   reconstruction_error: jax.Array  # mean squared error per visible neuron
   free_energy_gap: jax.Array     # mean F(v_data; c_data) - mean F(v_model; c_model)
-  acceptance_rate: jax.Array     # mean MH acceptance over the k steps (1 without MH)
+  acceptance_rate: jax.Array     # mean MH acceptance over the k steps (1 for Gibbs)
   routing_entropy: jax.Array     # mean entropy (nats) of c_data per lower capsule
 
 
-def _free_energy_stats(params, v, c, visible, monitors=True):
-  """Hand-written `dF/dtheta` averaged over the batch, and mean F (NaN
-  unless `monitors`)."""
+def _free_energy_grads(params, v, c, visible):
+  """Hand-written `dF/dtheta` averaged over the batch (MODEL.md section 5)."""
   p = energies.hidden_probs(params, v, c)
   n = v.size // (v.shape[-1] * v.shape[-2])
-  grads = {
+  batch_axes = tuple(range(v.ndim - 2))
+  return {
       "W": -energies.interaction_statistics(v, p, c) / n,
       "a": -jnp.mean((v - params["a"]) if visible == "gaussian" else v,
-                     axis=tuple(range(v.ndim - 2))),
+                     axis=batch_axes),
       "b": -jnp.mean(p, axis=tuple(range(p.ndim - 2))),
   }
-  if monitors:
-    mean_f = jnp.mean(energies.free_energy(params, v, c, visible=visible))
-  else:
-    mean_f = jnp.full((), jnp.nan, p.dtype)
-  return grads, mean_f
 
 
-def cd_gradient(params, key, v, *, k: int = 1, num_iterations: int = 3,
-                reroute: bool = True, mh: bool = False,
-                through_routing: bool = False,
+def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
                 chain: Optional[sampling.ChainState] = None,
-                mean_field_negative: bool = False,
-                visible: str = "bernoulli",
-                monitors: bool = True) -> tuple[Any, CDInfo]:
+                through_routing: bool = False,
+                mean_field_negative: bool = False) -> tuple[Any, CDInfo]:
   """The CD-k (or PCD-k) gradient of the routed capsule layer.
 
   Args:
-    params: {"W": (Nv, Nh, Dh, Dv), "a": (Nv, Dv), "b": (Nh, Dh)}.
     key: a `jax.random` key.
+    params: {"W": (Nv, Nh, Dh, Dv), "a": (Nv, Dv), "b": (Nh, Dh)}.
     v: a minibatch of data, (B, Nv, Dv) (any leading batch shape).
-    k: Gibbs (or MH) steps in the negative phase.
-    num_iterations: routing iterations r; 1 is the unrouted ablation.
-    reroute: recompute c after each visible sample (ignored when `mh`,
-      which always reroutes).
-    mh: Metropolis-Hastings-corrected chains (MODEL.md section 6).
+    kernel: the negative phase's Markov kernel (`capsjax.gibbs` or
+      `capsjax.mh`); its `routing` and `visible` are the model's.
+    k: kernel steps in the negative phase.
+    chain: a persistent chain state (PCD) to continue instead of starting
+      at `v` (made by `kernel.init`; any number of chains, independent of
+      the batch size); its state after k steps is returned in
+      `info.chain`. It is rerouted under the current parameters first
+      (`kernel.refresh`).
     through_routing: differentiate `F(v; c(v; theta))` through the routing
-      (MODEL.md section 5); pair it with `mh=True`.
-    chain: a persistent chain (PCD) to continue instead of starting at `v`;
-      its state after k steps is returned in `info.chain`. Only `chain.v`
-      is read: the chain is rerouted under the current parameters.
-    mean_field_negative: use the last step's mean `p(v | h; c)` (rerouted)
-      instead of its sample for the negative statistics. Not with `mh`.
-    visible: "bernoulli" or "gaussian".
-    monitors: compute `info.reconstruction_error` and `info.free_energy_gap`
-      (one up-down pass and two free energies: about a fifth of an
-      unrouted CD-1 step, BUILD_NOTES.md "Performance"). If False both are
-      NaN (the gap is still exact with `through_routing`).
+      (MODEL.md section 5). Needs a kernel that samples the routed model
+      exactly (`kernel.exact`).
+    mean_field_negative: use the last step's mean `p(v | h; c)` (rerouted
+      unless the kernel keeps c) instead of its sample for the negative
+      statistics. Not with a Metropolis-Hastings kernel, whose state must
+      be a sample.
 
   Returns:
-    `(grads, info)`: grads with the structure of `params`; a `CDInfo`.
+    `(grads, info)`: the gradient of `mean F(v_data; c_data) - mean
+    F(v_model; c_model)` with the structure of `params` (a descent
+    direction for optax); a `CDInfo` (`cd_monitors` turns it into
+    monitors).
   """
   k = validation.positive_int("k", k)
-  r = validation.num_iterations(num_iterations)
+  kernel = sampling.check_kernel(kernel)
+  routing, visible = kernel.routing, kernel.visible
   validation.visible(params, v)
-  visible = validation.visible_type(visible)
-  if mean_field_negative and mh:
-    raise ValueError("mean_field_negative is not compatible with mh=True: "
-                     "the MH chain's state must be a sample")
+  if through_routing and not kernel.exact:
+    raise ValueError(
+        "through_routing=True needs a kernel that samples the routed model "
+        "exactly (capsjax.mh(routing)); got a Gibbs kernel with routing "
+        f"{routing}")
+  if mean_field_negative and kernel.name != "gibbs":
+    raise ValueError("mean_field_negative is not compatible with an MH "
+                     "kernel: the MH chain's state must be a sample")
   if chain is not None:
     validation.visible(params, chain.v, "chain.v")
-    validation.coefficients(params, chain.coefficients, "chain.coefficients")
 
-  # Uniform routing (r = 1): c is the same (Nv, Nh) matrix for every
-  # example and every chain, so it is kept unbatched and each conditional is
-  # one RBM matrix product (energies.py). Same values as routing each one.
-  shared = r == 1
-  if shared:
-    dtype = jnp.result_type(params["W"], v)
-    c_data = jnp.full(params["W"].shape[:2], 1.0 / params["W"].shape[1], dtype)
-  else:
-    c_data = jax.lax.stop_gradient(routing.route_visible(params, v, r))
+  c_data = jax.lax.stop_gradient(routing_lib.route_visible(params, v, routing))
   # A persistent chain's c was routed under the previous parameters: route
   # it anew (MH needs c = c(v); without `reroute`, c is then fixed for the
   # k steps of this update, as it is for chains started at the data).
-  if chain is None or shared:
-    start = sampling.ChainState(v if chain is None else chain.v, c_data)
+  if chain is not None:
+    start = jax.lax.stop_gradient(kernel.refresh(params, chain))
+  elif kernel.name == "tempering":  # a ladder, every rung at the data
+    start = jax.lax.stop_gradient(kernel.init(params, v))
   else:
-    start = jax.lax.stop_gradient(sampling.init(params, chain.v, r))
-  end, infos = sampling.run(key, start, params, k, num_iterations=r, mh=mh,
-                            reroute=reroute or shared, visible=visible)
-  v_neg, c_neg = end
+    start = sampling.ChainState(v, c_data)
+  end, infos = sampling.run_chain(key, kernel, start, params, k)
+  v_neg, c_neg = end.v, end.coefficients
   if mean_field_negative:
     v_neg = infos.last.visible_mean
-    c_neg = (routing.route_visible(params, v_neg, r) if reroute and not shared
-             else end.coefficients)
+    if routing.routed and kernel.step.reroute:  # a Gibbs kernel's option
+      c_neg = routing_lib.route_visible(params, v_neg, routing)
   v_neg, c_neg = jax.lax.stop_gradient((v_neg, c_neg))
-  if shared:  # the returned chain has the batched shape of `init`'s
-    end = sampling.ChainState(
-        end.v, jnp.broadcast_to(end.coefficients,
-                                end.v.shape[:-2] + end.coefficients.shape))
 
-  # With r = 1 nothing depends on the routing: the hand-written statistics
-  # are the gradient through it too.
-  if through_routing and not shared:
+  # Without routing nothing depends on c: the hand-written statistics are
+  # the gradient through it too. Uniform routing uses one shared (Nv, Nh)
+  # matrix (one RBM matrix product per statistic; same values).
+  if through_routing and routing.routed:
     def objective(p):
       def mean_f(x):
-        return jnp.mean(energies.routed_free_energy(p, x, r, visible=visible))
+        return jnp.mean(energies.routed_free_energy(p, x, routing,
+                                                    visible=visible))
       return mean_f(v) - mean_f(v_neg)
-    gap, grads = jax.value_and_grad(objective)(params)
+    grads = jax.grad(objective)(params)
   else:
-    pos, f_pos = _free_energy_stats(params, v, c_data, visible, monitors)
-    neg, f_neg = _free_energy_stats(params, v_neg, c_neg, visible, monitors)
+    shared = None if routing.routed else _shared_uniform(params, c_data.dtype)
+    pos = _free_energy_grads(params, v, c_data if shared is None else shared,
+                             visible)
+    neg = _free_energy_grads(params, v_neg, c_neg if shared is None else shared,
+                             visible)
     grads = jax.tree.map(jnp.subtract, pos, neg)
-    # Keys beyond W, a, b (e.g. a routing temperature) are fixed: zero.
-    grads = {name: grads[name] if name in grads else jnp.zeros_like(x)
-             for name, x in params.items()}
-    gap = f_pos - f_neg
-
-  if monitors:
-    # One deterministic up-down pass from the data, whatever the chain mode.
-    recon = energies.reconstruct(params, v, c_data, visible=visible)
-    recon_error = jnp.mean(jnp.square(v - recon))
-  else:
-    recon_error = jnp.full((), jnp.nan, gap.dtype)
-  info = CDInfo(
-      chain=end,
-      reconstruction_error=recon_error,
-      free_energy_gap=gap,
-      acceptance_rate=jnp.mean(infos.acceptance_rate),
-      routing_entropy=jnp.mean(routing.routing_entropy(c_data)),
-  )
+  info = CDInfo(chain=end, data_coefficients=c_data, negative=v_neg,
+                negative_coefficients=c_neg,
+                acceptance_rate=jnp.mean(infos.acceptance_rate))
   return grads, info
+
+
+def cd_monitors(params, v, info: CDInfo, *, kernel: sampling.Kernel
+                ) -> CDMonitors:
+  """Monitors of a CD step from `cd_gradient`'s inputs and `info`.
+
+  One deterministic up-down pass from the data (reconstruction error), the
+  free energies of the data and the negative samples (their gap, which
+  with `through_routing` is the objective differentiated), the MH
+  acceptance and the data's routing entropy. About a fifth of an unrouted
+  CD-1 step: leave it out of the step where speed matters.
+  """
+  kernel = sampling.check_kernel(kernel)
+  visible = kernel.visible
+  c = c_neg = info.data_coefficients
+  entropy = jnp.mean(routing_lib.routing_entropy(c))
+  if kernel.routing.routed:
+    c_neg = info.negative_coefficients
+  else:  # the step's shared (Nv, Nh) matrix, so XLA reuses its products
+    c = c_neg = _shared_uniform(params, c.dtype)
+  recon = energies.reconstruct(params, v, c, visible=visible)
+  gap = (jnp.mean(energies.free_energy(params, v, c, visible=visible))
+         - jnp.mean(energies.free_energy(params, info.negative, c_neg,
+                                         visible=visible)))
+  return CDMonitors(
+      reconstruction_error=jnp.mean(jnp.square(v - recon)),
+      free_energy_gap=gap,
+      acceptance_rate=info.acceptance_rate,
+      routing_entropy=entropy)
+
+
+def _shared_uniform(params, dtype):
+  """c = 1 / Nh as one (Nv, Nh) matrix shared by a whole batch."""
+  return jnp.full(params["W"].shape[:2], 1.0 / params["W"].shape[1], dtype)
 
 
 # --------------------------------------------------------------------------
@@ -198,47 +215,114 @@ def adam(learning_rate, *, weight_decay: float = 0.0
       optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate))
 
 
-def _scale_weights(params, factor):
-  return {**params, "W": params["W"] * factor}
-
-
 def init_train_state(params, optimizer: optax.GradientTransformation, *,
-                     persistent_chains: Optional[jax.Array] = None,
-                     num_iterations: int = 3,
-                     weight_scale: float = 1.0) -> TrainState:
-  """A fresh `TrainState`; `persistent_chains` (visible states) enables PCD.
-
-  `weight_scale` must be the one later passed to `train_step`.
-  """
-  chain = (None if persistent_chains is None else
-           sampling.init(params, persistent_chains, num_iterations))
-  opt_state = optimizer.init(_scale_weights(params, 1.0 / weight_scale))
-  return TrainState(params, opt_state, chain, jnp.zeros((), jnp.int32))
+                     chain: Optional[sampling.ChainState] = None
+                     ) -> TrainState:
+  """A fresh `TrainState`; a `chain` (e.g. `kernel.init(params, v0)`, any
+  number of chains) enables PCD."""
+  validation.param_shapes(params)
+  if chain is not None:
+    validation.visible(params, chain.v, "chain.v")
+  return TrainState(params, optimizer.init(params), chain,
+                    jnp.zeros((), jnp.int32))
 
 
-def train_step(state: TrainState, key, batch, *,
+def train_step(key, state: TrainState, batch, *,
                optimizer: optax.GradientTransformation,
-               weight_scale: float = 1.0, **cd_kwargs
+               kernel: sampling.Kernel, k: int = 1,
+               through_routing: bool = False,
+               mean_field_negative: bool = False
                ) -> tuple[TrainState, CDInfo]:
   """One CD (or PCD, when `state.chain` is set) update through `optimizer`.
 
   The step's randomness is `fold_in(key, state.step)`, so a resumed run
-  needs only the base key. Jit it with `optimizer` and the keywords static,
-  e.g. `jax.jit(functools.partial(train_step, optimizer=opt, k=1))`.
-
-  `weight_scale` s optimizes `U = W / s` instead of `W` (the model and
-  `state.params` still hold `W`). With `s = Nh` the effective weights
-  `c_ij W_ij ~ U_ij` under near-uniform routing, so an RBM's initialization
-  and step sizes carry over (MODEL.md section 5); with plain SGD it equals
-  scaling the W learning rate by `s^2`.
+  needs only the base key. Jit it with the keywords static, e.g.
+  `jax.jit(functools.partial(train_step, optimizer=opt, kernel=kernel))`.
+  The keywords are `cd_gradient`'s.
   """
   step_key = jax.random.fold_in(key, state.step)
-  grads, info = cd_gradient(state.params, step_key, batch, chain=state.chain,
-                            **cd_kwargs)
-  # Chain rule for W = s U: dL/dU = s dL/dW.
-  u_params = _scale_weights(state.params, 1.0 / weight_scale)
-  updates, opt_state = optimizer.update(_scale_weights(grads, weight_scale),
-                                        state.opt_state, u_params)
-  params = _scale_weights(optax.apply_updates(u_params, updates), weight_scale)
+  grads, info = cd_gradient(step_key, state.params, batch, kernel=kernel, k=k,
+                            chain=state.chain, through_routing=through_routing,
+                            mean_field_negative=mean_field_negative)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
   chain = None if state.chain is None else info.chain
   return TrainState(params, opt_state, chain, state.step + 1), info
+
+
+# --------------------------------------------------------------------------
+# The effective-weight parameterization (MODEL.md section 5).
+
+
+def effective_weights(optimizer: optax.GradientTransformation,
+                      scale: float) -> optax.GradientTransformation:
+  """`optimizer` applied to `U = W / scale` instead of `W`.
+
+  The model and `params` keep the energy's `W`; the wrapped optimizer sees
+  the parameters `{"W": W / scale, "a", "b"}` and the gradient
+  `dL/dU = scale dL/dW` (chain rule), and its updates of U are mapped back
+  to W. With `scale = Nh` the effective interaction weights `c_ij W_ij ~ U_ij`
+  under near-uniform routing, so an RBM's initialization and step sizes
+  carry over; with plain SGD it equals scaling the W learning rate by
+  `scale^2`. Everything inside the wrapped optimizer acts on U: weight
+  decay decays U (the effective weights), gradient clipping clips the
+  gradient of U, Adam's statistics are U's. The model family is unchanged.
+  Initialize W at a given effective scale with `init_params(...,
+  weight_scale=scale)`.
+  """
+  if not (isinstance(scale, (int, float)) and scale > 0):
+    raise ValueError(f"scale must be a number > 0; got {scale!r}")
+
+  def to_u(tree):
+    return None if tree is None else {**tree, "W": tree["W"] / scale}
+
+  def init(params):
+    return optimizer.init(to_u(params))
+
+  def update(grads, state, params=None):
+    u_grads = {**grads, "W": grads["W"] * scale}
+    u_updates, state = optimizer.update(u_grads, state, to_u(params))
+    return {**u_updates, "W": u_updates["W"] * scale}, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def init_params(key, num_visible_capsules: int, visible_dim: int,
+                num_hidden_capsules: int, hidden_dim: int, *,
+                weight_std: float = 0.01, weight_scale: float = 1.0,
+                data: Optional[jax.Array] = None, visible: str = "bernoulli",
+                dtype=jnp.float32) -> dict:
+  """Parameters initialized after Hinton's practical guide.
+
+  `W = weight_scale * N(0, weight_std^2)`: effective weights `W /
+  weight_scale` of standard deviation `weight_std` (pair with
+  `effective_weights(optimizer, weight_scale)`); hidden biases 0; visible
+  biases from the data marginals when `data` (..., Nv, Dv) is given
+  (`visible_bias_from_data`), else 0.
+  """
+  shape = (num_visible_capsules, num_hidden_capsules, hidden_dim, visible_dim)
+  for name, n in zip(("num_visible_capsules", "num_hidden_capsules",
+                      "hidden_dim", "visible_dim"), shape):
+    validation.positive_int(name, n)
+  visible = validation.visible_type(visible)
+  W = weight_scale * weight_std * jax.random.normal(key, shape, dtype)
+  if data is None:
+    a = jnp.zeros((num_visible_capsules, visible_dim), dtype)
+  else:
+    validation.check_trailing("data", data,
+                              (num_visible_capsules, visible_dim),
+                              "= (..., Nv, Dv)")
+    a = visible_bias_from_data(data, visible).astype(dtype)
+  return {"W": W, "a": a, "b": jnp.zeros((num_hidden_capsules, hidden_dim),
+                                        dtype)}
+
+
+def visible_bias_from_data(data: jax.Array, visible: str = "bernoulli",
+                           eps: float = 1e-3) -> jax.Array:
+  """Hinton's practical guide, section 8: `a = log(p / (1 - p))` of the data
+  marginals (Bernoulli), or the data mean (Gaussian). Shape (Nv, Dv)."""
+  mean = jnp.mean(data, axis=tuple(range(data.ndim - 2)))
+  if validation.visible_type(visible) == "gaussian":
+    return mean
+  p = jnp.clip(mean, eps, 1.0 - eps)
+  return jnp.log(p) - jnp.log1p(-p)

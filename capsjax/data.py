@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from capsjax import _sharding
+
 IMAGE_SIZE = 28
 _IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 _IDX_FILES = {  # split -> (images, labels); same names for MNIST and Fashion-MNIST
@@ -342,8 +344,18 @@ def images_to_capsules(images: Any, patch: int) -> Any:
   *lead, h, w = images.shape
   _check_patch(patch, h, w)
   gh, gw = h // patch, w // patch
-  x = images.reshape(*lead, gh, patch, gw, patch).swapaxes(-3, -2)
-  return x.reshape(*lead, gh * gw, patch * patch)
+  x = _reshape(images, (*lead, gh, patch, gw, patch)).swapaxes(-3, -2)
+  return _reshape(x, (*lead, gh * gw, patch * patch))
+
+
+def _reshape(x: Any, shape: tuple[int, ...]) -> Any:
+  """`x.reshape(shape)` for a reshape of the trailing (image) axes that
+  keeps the leading (batch) axes: under a mesh with explicit axes, the
+  leading axes keep their sharding (JAX asks for it to be named)."""
+  if isinstance(x, np.ndarray):
+    return x.reshape(shape)
+  return jnp.reshape(x, shape, out_sharding=_sharding.keep_leading(
+      x, len(shape)))
 
 
 def capsules_to_images(capsules: Any, patch: int) -> Any:
@@ -355,5 +367,5 @@ def capsules_to_images(capsules: Any, patch: int) -> Any:
         f"capsules of shape (..., {nv}, {d}) are not a square grid of"
         f" patch={patch!r} patches"
     )
-  x = capsules.reshape(*lead, g, g, patch, patch).swapaxes(-3, -2)
-  return x.reshape(*lead, g * patch, g * patch)
+  x = _reshape(capsules, (*lead, g, g, patch, patch)).swapaxes(-3, -2)
+  return _reshape(x, (*lead, g * patch, g * patch))

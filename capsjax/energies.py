@@ -2,7 +2,7 @@
 
 MODEL.md section 3. Every function takes the coefficients `c` (..., Nv, Nh)
 as an argument; the routed model's `c(v)` comes from
-`capsjax.routing.route_visible`. Visible units are Bernoulli by default,
+`capsjax.route_visible`. Visible units are Bernoulli by default,
 unit-variance Gaussian with `visible="gaussian"`.
 """
 
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from capsjax import routing
+from capsjax import _sharding
+from capsjax import routing as routing_lib
 from capsjax import validation
 
 
@@ -88,8 +89,11 @@ def interaction_statistics(v: jax.Array, p: jax.Array, c: jax.Array
   v (..., Nv, Dv), p (..., Nh, Dh) (hidden states or probabilities) and c
   (..., Nv, Nh) or an unbatched (Nv, Nh), with the same leading axes.
   """
+  # A sum over the batch: under explicit sharding its result is replicated.
+  out = _sharding.replicated(v)
   if jnp.ndim(c) == 2:
-    return c[:, :, None, None] * jnp.einsum("...jk,...il->ijkl", p, v)
+    return c[:, :, None, None] * jnp.einsum("...jk,...il->ijkl", p, v,
+                                            out_sharding=out)
   batch_shape = v.shape[:-2]
   dtype = jnp.result_type(v, p, c)
   v = _flatten(v.astype(dtype), batch_shape, v.shape[-2:])
@@ -99,7 +103,8 @@ def interaction_statistics(v: jax.Array, p: jax.Array, c: jax.Array
   nh, dh = p.shape[1:]
   g = lax.dot_general(jnp.transpose(p, (1, 2, 0)),
                       coefficient_weighted_visible(v, c),
-                      (((2,), (1,)), ((0,), (0,))))  # (Nh, Dh, Nv Dv)
+                      (((2,), (1,)), ((0,), (0,))),
+                      out_sharding=out)  # (Nh, Dh, Nv Dv)
   return jnp.transpose(g.reshape(nh, dh, nv, dv), (2, 0, 1, 3))
 
 
@@ -130,13 +135,13 @@ def free_energy(params, v: jax.Array, c: jax.Array, *,
   return -(experts + _visible_term(params, v, visible))
 
 
-def routed_free_energy(params, v: jax.Array, num_iterations: int, *,
-                       visible: str = "bernoulli", **route_kwargs) -> jax.Array:
+def routed_free_energy(params, v: jax.Array, routing: routing_lib.Routing, *,
+                       visible: str = "bernoulli") -> jax.Array:
   """`F~(v) = F(v; c(v))`, the routed model's free energy (MODEL.md section 4).
 
   Differentiable through the routing (gradients flow into `c`).
   """
-  c = routing.route_visible(params, v, num_iterations, **route_kwargs)
+  c = routing_lib.route_visible(params, v, routing)
   return free_energy(params, v, c, visible=visible)
 
 

@@ -1,8 +1,8 @@
 """Log-likelihood of the routed model (MODEL.md sections 4 and 7).
 
 `p(v) = exp(-F(v; c(v))) / Z`. `exact_log_z` enumerates every visible state
-(tiny Bernoulli layers only); `ais` estimates log Z by annealed importance
-sampling for any size.
+(tiny layers), or every hidden state of an unrouted layer; `ais` estimates
+log Z by annealed importance sampling for any size.
 """
 
 from __future__ import annotations
@@ -14,47 +14,97 @@ import jax.numpy as jnp
 import numpy as np
 
 from capsjax import energies
-from capsjax import routing
+from capsjax import routing as routing_lib
 from capsjax import sampling
 from capsjax import validation
 
 MAX_ENUMERABLE_NEURONS = 24
 
 
-def exact_log_z(params, num_iterations: int, *, chunk_size: int = 4096
-                ) -> jax.Array:
-  """`log Z = logsumexp_v -F(v; c(v))` over all 2^(Nv*Dv) binary states.
-
-  With `num_iterations=1` this is the log partition function of the plain
-  RBM whose weights are `W / Nh`. States are generated chunk by chunk, so
-  memory stays at `chunk_size` states.
-  """
-  nv, _, _, dv = validation.param_shapes(params)
-  n = nv * dv
-  if n > MAX_ENUMERABLE_NEURONS:
+def _bernoulli_only(fn: str, visible: str) -> None:
+  if validation.visible_type(visible) != "bernoulli":
     raise ValueError(
-        f"exact_log_z enumerates 2^(Nv*Dv) states; Nv*Dv = {n} exceeds "
-        f"{MAX_ENUMERABLE_NEURONS} (use AIS for larger layers)")
+        f"{fn} supports Bernoulli visible units only; got visible={visible!r} "
+        "(a Gaussian layer's partition function needs another base model)")
+
+
+def _enumerate(n: int, chunk_size: int, dtype, neg_energy):
+  """`logsumexp` of `neg_energy(states)` over all 2^n binary states (n,),
+  generated `chunk_size` at a time under `lax.map`."""
   num_states = 2 ** n
   chunk = min(chunk_size, num_states)
   num_chunks = -(-num_states // chunk)
-  dtype = params["W"].dtype
   bits = jnp.arange(n, dtype=jnp.int32)
 
   def chunk_logsumexp(i):
     idx = i * chunk + jnp.arange(chunk, dtype=jnp.int32)
-    v = ((idx[:, None] >> bits) & 1).astype(dtype).reshape(chunk, nv, dv)
-    neg_f = -energies.routed_free_energy(params, v, num_iterations)
+    states = ((idx[:, None] >> bits) & 1).astype(dtype)
     # The last chunk may run past the end: mask those states out.
-    return jax.nn.logsumexp(jnp.where(idx < num_states, neg_f, -jnp.inf))
+    return jax.nn.logsumexp(jnp.where(idx < num_states, neg_energy(states),
+                                      -jnp.inf))
 
   return jax.nn.logsumexp(jax.lax.map(chunk_logsumexp, jnp.arange(num_chunks)))
 
 
-def log_prob(params, v: jax.Array, num_iterations: int, log_z: jax.Array
-             ) -> jax.Array:
-  """`log p(v) = -F(v; c(v)) - log Z`, shape (...,), in nats."""
-  return -energies.routed_free_energy(params, v, num_iterations) - log_z
+def exact_log_z(params, routing: routing_lib.Routing, *,
+                visible: str = "bernoulli", over: str = "auto",
+                chunk_size: int = 4096) -> jax.Array:
+  """`log Z` of the routed model (MODEL.md section 4) by enumeration.
+
+  `over="visible"`: `logsumexp_v -F(v; c(v))` over all 2^(Nv*Dv) binary
+  visible states; any routing, Bernoulli units.
+  `over="hidden"`: `logsumexp_h log Z_h(c)` over all 2^(Nh*Dh) hidden
+  states, where `log Z_h(c) = log sum_v exp(-E(v, h; c))` is closed-form
+  (`energies.log_partition_given_hidden`, plus `Nv Dv log(2 pi) / 2` for
+  Gaussian units, whose Z is then an integral over v). Only for the
+  unrouted layer: with routing, c depends on v and the sum over v given h
+  has no closed form. This is how an MNIST-sized unrouted layer (784
+  visible, up to 24 hidden neurons) gets an exact Z.
+  `over="auto"`: "visible" for a routed layer; for an unrouted one the
+  smaller of the two (always "hidden" for Gaussian units).
+
+  With one routing iteration this is the log partition function of the
+  plain RBM whose weights are `W / Nh`. States are generated `chunk_size`
+  at a time, so memory stays at `chunk_size` states.
+  """
+  routing_lib.check_routing(routing)
+  visible = validation.visible_type(visible)
+  nv, nh, dh, dv = validation.param_shapes(params)
+  if over == "auto":
+    over = ("visible" if routing.routed else
+            "hidden" if visible == "gaussian" or nh * dh < nv * dv else
+            "visible")
+  if over not in ("visible", "hidden"):
+    raise ValueError(
+        f"over must be 'auto', 'visible' or 'hidden'; got {over!r}")
+  n = nv * dv if over == "visible" else nh * dh
+  if n > MAX_ENUMERABLE_NEURONS:
+    raise ValueError(
+        f"exact_log_z(over={over!r}) enumerates 2^{n} states, more than "
+        f"2^{MAX_ENUMERABLE_NEURONS} (use AIS for larger layers)")
+  dtype = params["W"].dtype
+  if over == "visible":
+    _bernoulli_only("exact_log_z(over='visible')", visible)
+    return _enumerate(n, chunk_size, dtype, lambda v: -energies.routed_free_energy(
+        params, v.reshape(-1, nv, dv), routing))
+  if routing.routed:
+    raise ValueError(
+        "exact_log_z(over='hidden') needs coefficients that do not depend "
+        f"on v: unrouted layers only (Routing(num_iterations=1)); got {routing}")
+  c = jnp.full((nv, nh), 1.0 / nh, dtype)
+  constant = (0.5 * nv * dv * np.log(2 * np.pi) if visible == "gaussian"
+              else 0.0)
+  return constant + _enumerate(
+      n, chunk_size, dtype, lambda h: energies.log_partition_given_hidden(
+          params, h.reshape(-1, nh, dh), c, visible=visible))
+
+
+def log_prob(params, v: jax.Array, routing: routing_lib.Routing,
+             log_z: jax.Array, *, visible: str = "bernoulli") -> jax.Array:
+  """`log p(v) = -F(v; c(v)) - log Z`, shape (...,), in nats (a density in
+  v for Gaussian units, with the `log Z` of the same convention)."""
+  return -energies.routed_free_energy(params, v, routing,
+                                      visible=visible) - log_z
 
 
 # --------------------------------------------------------------------------
@@ -145,13 +195,15 @@ def _tempered_params(params, beta, base_bias):
           "b": beta * params["b"]}
 
 
-def tempered_log_density(params, v: jax.Array, num_iterations: int,
-                         beta, base_bias: jax.Array) -> jax.Array:
+def tempered_log_density(params, v: jax.Array, routing: routing_lib.Routing,
+                         beta, base_bias: jax.Array, *,
+                         visible: str = "bernoulli") -> jax.Array:
   """`f_beta(v) = log sum_h exp((1 - beta) a_A.v - beta E(v, h; c(v)))`.
 
   Shape (...,). `f_1 = -F(v; c(v))` and `f_0 = a_A.v + Nh Dh log 2`.
   """
-  c = routing.route_visible(params, v, num_iterations)
+  _bernoulli_only("tempered_log_density", visible)
+  c = routing_lib.route_visible(params, v, routing)
   return -energies.free_energy(_tempered_params(params, beta, base_bias), v, c)
 
 
@@ -165,7 +217,8 @@ def _log_weight_increment(params, v, c, beta_prev, beta, base_bias):
 
 
 def tempered_mh_step(key, state: sampling.ChainState, params, beta,
-                     base_bias: jax.Array, *, num_iterations: int
+                     base_bias: jax.Array, *, routing: routing_lib.Routing,
+                     visible: str = "bernoulli"
                      ) -> tuple[sampling.ChainState, sampling.ChainInfo]:
   """One transition that leaves `p_beta(v, h)` (hence `p_beta(v)`) invariant.
 
@@ -183,12 +236,19 @@ def tempered_mh_step(key, state: sampling.ChainState, params, beta,
   iteration c' = c and every proposal is accepted (an exact Gibbs step).
   `state.coefficients` must be c(state.v).
   """
+  routing_lib.check_routing(routing)
+  _bernoulli_only("tempered_mh_step", visible)
   key_h, key_v, key_u = jax.random.split(key, 3)
   v, c = state
   tempered = _tempered_params(params, beta, base_bias)
-  h, _ = energies.sample_hidden(key_h, tempered, v, c)
-  proposal, mean = energies.sample_visible(key_v, tempered, h, c)
-  c_new = routing.route_visible(params, proposal, num_iterations)
+  c_cond = sampling.conditional_coefficients(params, state, routing)
+  h, _ = energies.sample_hidden(key_h, tempered, v, c_cond)
+  proposal, mean = energies.sample_visible(key_v, tempered, h, c_cond)
+  if not routing.routed:  # c' = c: every proposal is accepted
+    ones = jnp.ones(v.shape[:-2], v.dtype)
+    return (sampling.ChainState(proposal, c),
+            sampling.ChainInfo(h, mean, ones, ones.astype(bool)))
+  c_new = routing_lib.route_visible(params, proposal, routing)
   log_ratio = sampling.mh_log_ratio(tempered, v, proposal, h, c, c_new)
   state, acceptance, accept = sampling.metropolis_accept(
       key_u, log_ratio, state, sampling.ChainState(proposal, c_new))
@@ -233,46 +293,10 @@ def ess_threshold(num_runs: int) -> float:
   return max(MIN_ESS_FRACTION * num_runs, MIN_ESS)
 
 
-def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
-        base_bias: Optional[jax.Array] = None,
-        betas: Optional[jax.Array] = None,
-        visible: str = "bernoulli") -> AISResult:
-  """Estimates log Z of the routed model (MODEL.md sections 4 and 7) by AIS.
-
-  Runs `num_runs` independent annealing chains from the base model (the
-  independent Bernoulli units with biases `base_bias`, default 0: uniform)
-  to the routed model along `p_beta(v, h)` (module comment above). At each
-  intermediate beta the weights gain `f_beta(v) - f_beta_prev(v)` and the
-  chain takes one `tempered_mh_step`. The whole run is one `lax.scan` over
-  the betas on a batch of chains. Jit with `num_iterations`, `num_betas`,
-  `num_runs` and `visible` static; `betas` and `base_bias` may be traced.
-
-  Args:
-    key: a `jax.random` key.
-    params: {"W", "a", "b"} of a Bernoulli layer.
-    num_iterations: routing iterations r (1: the unrouted model).
-    num_betas: length of the schedule, >= 2 (the literature uses 14,500).
-    num_runs: independent runs (the literature uses 100).
-    base_bias: (Nv, Dv) base-model biases, e.g. `base_rate_bias(data)`.
-    betas: (num_betas,) increasing from exactly 0 to exactly 1; default
-      `beta_schedule(num_betas)`.
-    visible: only "bernoulli" is supported.
-
-  Returns:
-    An `AISResult`. `log_z_std` is the delta-method standard error
-    `std(w) / (sqrt(num_runs) mean(w))` of `log_z`; like any estimate from
-    the weights themselves it understates the error when the weights are
-    degenerate (small `ess`), and AIS's log-estimate is biased low on
-    average (Jensen), by about `log_z_std^2 / 2` for well-behaved weights.
-  """
-  if validation.visible_type(visible) != "bernoulli":
-    raise ValueError(
-        f"ais supports Bernoulli visible units only; got visible={visible!r} "
-        "(a Gaussian base model and tempered path are not implemented)")
-  r = validation.num_iterations(num_iterations)
+def _annealing_path(params, num_betas, base_bias, betas):
+  """Checked `base_bias` (Nv, Dv) and `betas` (num_betas,), in W's dtype."""
   num_betas = validation.positive_int("num_betas", num_betas)
-  num_runs = validation.positive_int("num_runs", num_runs)
-  nv, nh, dh, dv = validation.param_shapes(params)
+  nv, _, _, dv = validation.param_shapes(params)
   validation.check_floating("params['W']", params["W"])
   dtype = jnp.result_type(params["W"])
   if num_betas < 2:
@@ -290,23 +314,71 @@ def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
                      f"got {jnp.shape(betas)}")
   else:
     _check_concrete_betas(betas)
-  base_bias = jnp.asarray(base_bias, dtype)
-  betas = jnp.asarray(betas, dtype)
+  return jnp.asarray(base_bias, dtype), jnp.asarray(betas, dtype)
+
+
+def _log_z_base(base_bias, num_hidden_neurons):
+  """`log Z_A = sum softplus(a_A) + Nh Dh log 2` (module comment)."""
+  return (jnp.sum(jax.nn.softplus(base_bias))
+          + num_hidden_neurons * jnp.log(jnp.asarray(2.0, base_bias.dtype)))
+
+
+def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
+        num_runs: int,
+        base_bias: Optional[jax.Array] = None,
+        betas: Optional[jax.Array] = None,
+        visible: str = "bernoulli") -> AISResult:
+  """Estimates log Z of the routed model (MODEL.md sections 4 and 7) by AIS.
+
+  Runs `num_runs` independent annealing chains from the base model (the
+  independent Bernoulli units with biases `base_bias`, default 0: uniform)
+  to the routed model along `p_beta(v, h)` (module comment above). At each
+  intermediate beta the weights gain `f_beta(v) - f_beta_prev(v)` and the
+  chain takes one `tempered_mh_step`. The whole run is one `lax.scan` over
+  the betas on a batch of chains. Jit with `routing`, `num_betas`,
+  `num_runs` and `visible` static; `betas` and `base_bias` may be traced.
+
+  Args:
+    key: a `jax.random` key.
+    params: {"W", "a", "b"} of a Bernoulli layer.
+    routing: the model's `Routing` (one iteration: the unrouted model).
+    num_betas: length of the schedule, >= 2 (the literature uses 14,500).
+    num_runs: independent runs (the literature uses 100).
+    base_bias: (Nv, Dv) base-model biases, e.g. `base_rate_bias(data)`.
+    betas: (num_betas,) increasing from exactly 0 to exactly 1; default
+      `beta_schedule(num_betas)`.
+    visible: only "bernoulli" is supported.
+
+  Returns:
+    An `AISResult`. `log_z_std` is the delta-method standard error
+    `std(w) / (sqrt(num_runs) mean(w))` of `log_z`; like any estimate from
+    the weights themselves it understates the error when the weights are
+    degenerate (small `ess`), and AIS's log-estimate is biased low on
+    average (Jensen), by about `log_z_std^2 / 2` for well-behaved weights.
+  """
+  routing_lib.check_routing(routing)
+  _bernoulli_only("ais", visible)
+  num_runs = validation.positive_int("num_runs", num_runs)
+  nv, nh, dh, dv = validation.param_shapes(params)
+  dtype = jnp.result_type(params["W"])
+  base_bias, betas = _annealing_path(params, num_betas, base_bias, betas)
 
   key_init, key_run = jax.random.split(key)
   v0 = jax.random.bernoulli(key_init, jax.nn.sigmoid(base_bias),
                             (num_runs, nv, dv)).astype(dtype)
-  state = sampling.init(params, v0, r)
-  log_z_base = (jnp.sum(jax.nn.softplus(base_bias))
-                + nh * dh * jnp.log(jnp.asarray(2.0, dtype)))
+  state = sampling.ChainState(
+      v0, routing_lib.route_visible(params, v0, routing))
+  log_z_base = _log_z_base(base_bias, nh * dh)
 
   def body(carry, xs):
     state, log_w = carry
     key, beta_prev, beta = xs
-    log_w = log_w + _log_weight_increment(params, state.v, state.coefficients,
-                                          beta_prev, beta, base_bias)
+    log_w = log_w + _log_weight_increment(
+        params, state.v,
+        sampling.conditional_coefficients(params, state, routing),
+        beta_prev, beta, base_bias)
     state, info = tempered_mh_step(key, state, params, beta, base_bias,
-                                   num_iterations=r)
+                                   routing=routing)
     return (state, log_w), jnp.mean(info.acceptance_rate)
 
   # Transitions at the intermediate betas only; the last increment (to
@@ -315,8 +387,9 @@ def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
   log_w = jnp.zeros((num_runs,), dtype)
   (state, log_w), rates = jax.lax.scan(
       body, (state, log_w), (keys, betas[:-2], betas[1:-1]))
-  log_w = log_w + _log_weight_increment(params, state.v, state.coefficients,
-                                        betas[-2], betas[-1], base_bias)
+  log_w = log_w + _log_weight_increment(
+      params, state.v, sampling.conditional_coefficients(params, state, routing),
+      betas[-2], betas[-1], base_bias)
 
   log_mean_w, log_z_std, ess = _log_mean_exp_stats(log_w)
   # No transitions (num_betas == 2): no acceptance to report.
@@ -324,3 +397,88 @@ def ais(key, params, num_iterations: int, *, num_betas: int, num_runs: int,
   return AISResult(log_z=log_z_base + log_mean_w, log_z_std=log_z_std,
                    log_weights=log_w, ess=ess, acceptance_rate=acceptance,
                    log_z_base=log_z_base, samples=state.v)
+
+
+# --------------------------------------------------------------------------
+# Reverse AIS (Burda, Grosse & Salakhutdinov 2015, RAISE).
+#
+# Forward AIS, read as a generative process, is itself a model: v_0 from the
+# base model, then v_k ~ T_k(. | v_{k-1}) for k = 1 .. K, with T_k the
+# transition at beta_k (beta_K = 1). Its output's density q(v) is what
+# RAISE estimates, without bias: since each T_k is reversible with respect
+# to p_k (a Gibbs or MH step on v, with h drawn and discarded),
+#
+#   q(v) = E[ p_0(v_0) prod_{k=1..K} f_k(v_k) / f_k(v_{k-1}) ],
+#
+# the expectation over the reverse chain v_K = v, v_{k-1} ~ T_k(. | v_k).
+# Rearranged with the forward increments inc_j(v) = f_{j+1}(v) - f_j(v):
+#
+#   log q(v) ~ -F(v; c(v)) - log Z_A - sum_{j=0..K-1} inc_j(v_j).
+#
+# q approaches p as the annealing gets slower, and log of the unbiased
+# estimate is biased low (Jensen): a conservative estimate of the test
+# log-likelihood beside forward AIS's (which overestimates it when log Z is
+# underestimated). The paper anneals over (v, h) from p(h | v); summing h
+# out, as here, is the same estimator with the h-draws integrated.
+
+
+class ReverseAISResult(NamedTuple):
+  log_prob: jax.Array         # (...,): log q-hat(v) per example, in nats
+  acceptance_rate: jax.Array  # (): mean MH acceptance over betas and chains
+
+
+def reverse_ais(key, params, v: jax.Array, routing: routing_lib.Routing, *,
+                num_betas: int, base_bias: Optional[jax.Array] = None,
+                betas: Optional[jax.Array] = None,
+                visible: str = "bernoulli") -> ReverseAISResult:
+  """RAISE: a conservative estimate of log p(v) for each example of `v`.
+
+  One annealing chain per example (repeat `v` for more), started at the
+  example and annealed back to the base model along the forward AIS path
+  (same `base_bias` and `betas` conventions as `ais`), with the same
+  exact transitions (`tempered_mh_step`, MH for a routed layer). The
+  estimate is unbiased for the density of forward AIS's annealing model
+  (module comment), so its mean over a test set is a stochastic lower
+  bound on that model's test log-likelihood, which approaches the routed
+  model's as `num_betas` grows. Jit with `routing`, `num_betas` and
+  `visible` static.
+
+  Args:
+    key: a `jax.random` key.
+    params: {"W", "a", "b"} of a Bernoulli layer.
+    v: test examples (..., Nv, Dv), binary.
+    routing: the model's `Routing`.
+    num_betas: length of the schedule, >= 2.
+    base_bias: (Nv, Dv) base-model biases, e.g. `base_rate_bias(data)`.
+    betas: (num_betas,) increasing from exactly 0 to exactly 1; default
+      `beta_schedule(num_betas)`.
+    visible: only "bernoulli" is supported.
+  """
+  routing_lib.check_routing(routing)
+  _bernoulli_only("reverse_ais", visible)
+  batch_shape = validation.visible(params, v)
+  _, nh, dh, _ = validation.param_shapes(params)
+  base_bias, betas = _annealing_path(params, num_betas, base_bias, betas)
+  v = v.astype(base_bias.dtype)
+  state = sampling.ChainState(v, routing_lib.route_visible(params, v, routing))
+  neg_f = -energies.free_energy(params, v, state.coefficients)
+
+  def body(carry, xs):
+    state, inc = carry
+    key, beta_lo, beta_hi = xs
+    state, info = tempered_mh_step(key, state, params, beta_hi, base_bias,
+                                   routing=routing)
+    inc = inc + _log_weight_increment(
+        params, state.v,
+        sampling.conditional_coefficients(params, state, routing),
+        beta_lo, beta_hi, base_bias)
+    return (state, inc), jnp.mean(info.acceptance_rate)
+
+  # k = K .. 1: the transition at beta_k, then inc_{k-1} at the new state.
+  keys = jax.random.split(key, num_betas - 1)
+  inc = jnp.zeros(batch_shape, base_bias.dtype)
+  (_, inc), rates = jax.lax.scan(body, (state, inc),
+                                 (keys, betas[-2::-1], betas[:0:-1]))
+  return ReverseAISResult(
+      log_prob=neg_f - _log_z_base(base_bias, nh * dh) - inc,
+      acceptance_rate=jnp.mean(rates))

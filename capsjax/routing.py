@@ -11,16 +11,20 @@ out upper-capsule-major, (C, Nh, Nv, Dh), so that both the weighted sum and
 the agreement are batched matrix products with the batch axes leading (the
 layout XLA's CPU dot emitter takes without copies). `route_visible` computes
 each chunk's votes from `v` itself, so the whole batch's votes never exist.
+Chunking is for CPUs only: on a GPU or TPU the batch is routed at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
+from capsjax import _sharding
 from capsjax import validation
 
 # Inside the square root so that squash and its gradient are finite at s = 0.
@@ -51,6 +55,62 @@ def predictions(params, v: jax.Array) -> jax.Array:
   return jnp.einsum("ijkl,...il->...ijk", params["W"], v)
 
 
+RULES = ("sabour",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+  """The routing options of a capsule layer: static, hashable, part of the model.
+
+  c(v), hence p(v), depends on them, so every function that routes takes
+  the same `Routing`, and it is a static argument under `jax.jit`.
+
+  Attributes:
+    num_iterations: r >= 1, Procedure 1's iterations. 1 gives uniform
+      coefficients c = 1 / Nh: the unrouted layer, an RBM.
+    temperature: T > 0; every softmax is `softmax(logits / T)`. T = 1 is
+      Sabour et al.'s routing; T -> infinity tends to uniform routing. Not
+      in the paper: a variant for the routed-training study.
+    rule: the agreement rule; "sabour" (`u_hat_ij . o_j`, Procedure 1).
+  """
+  num_iterations: int = 3
+  temperature: float = 1.0
+  rule: str = "sabour"
+
+  def __post_init__(self):
+    r = self.num_iterations
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+      raise ValueError(
+          f"Routing.num_iterations must be a Python int >= 1; got {r!r}")
+    t = self.temperature
+    if (isinstance(t, bool) or not isinstance(t, (int, float, np.floating))
+        or not 0 < t < float("inf")):
+      raise ValueError(
+          f"Routing.temperature must be a Python float > 0; got {t!r}")
+    if self.rule not in RULES:
+      raise ValueError(f"Routing.rule must be one of {RULES}; got "
+                       f"{self.rule!r}")
+    # Canonical Python types, so that equal options hash (and jit) alike.
+    object.__setattr__(self, "num_iterations", int(r))
+    object.__setattr__(self, "temperature", float(t))
+
+  @property
+  def routed(self) -> bool:
+    """Whether c depends on v (False for one iteration: uniform routing)."""
+    return self.num_iterations > 1
+
+
+def check_routing(r) -> Routing:
+  """Checks that r is a `Routing` (0.1 took a bare num_iterations)."""
+  if not isinstance(r, Routing):
+    hint = (f" (0.2 moved num_iterations into it: capsjax.Routing("
+            f"num_iterations={r!r}); see CHANGELOG.md)"
+            if isinstance(r, (int, np.integer)) and not isinstance(r, bool)
+            else "")
+    raise ValueError(f"routing must be a capsjax.Routing; got {r!r}{hint}")
+  return r
+
+
 class RoutingResult(NamedTuple):
   coefficients: jax.Array  # (..., Nv, Nh): softmax(logits) over upper capsules
   logits: jax.Array        # (..., Nv, Nh): coefficients = softmax(logits / T)
@@ -79,36 +139,55 @@ def _agreement(u, o):
   return lax.dot_general(u, o, (((3,), (2,)), ((0, 1), (0, 1))))
 
 
-def _route_chunk(u, r, stop_inner_gradients, temperature):
+def _route_chunk(u, routing, stop_inner_gradients):
   """Procedure 1 on votes laid out (C, Nh, Nv, Dh); returns (logits, c, s)."""
   votes_for_logits = lax.stop_gradient(u) if stop_inner_gradients else u
+  t = routing.temperature
 
   def coefficients(logits):
-    if isinstance(temperature, (int, float)) and temperature == 1:
+    if t == 1:
       return jax.nn.softmax(logits, axis=1)  # Sabour's routing, unchanged
-    return jax.nn.softmax(logits / temperature, axis=1)
+    return jax.nn.softmax(logits / t, axis=1)
 
   def update(_, logits):
     o = squash(_weighted_votes(coefficients(logits), votes_for_logits))
     return logits + _agreement(votes_for_logits, o)
 
   # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
-  logits = lax.fori_loop(0, r - 1, update,
-                         jnp.zeros(u.shape[:-1], u.dtype))
+  # zeros_like keeps the votes' sharding, so that the loop carry has one
+  # type under explicit sharding.
+  logits = lax.fori_loop(0, routing.num_iterations - 1, update,
+                         jnp.zeros_like(u[..., 0]))
   c = coefficients(logits)
   return logits, c, _weighted_votes(c, u)
 
 
+def _chunk_size(x, bytes_per_example):
+  """Examples per chunk of the flat batch x, or None for no chunking.
+
+  Chunking is a CPU cache trick: on a GPU or TPU `lax.map` would run the
+  chunks one after another, so there the whole batch is routed at once.
+  A batch sharded over a mesh's explicit axes is not chunked either (the
+  reshape into chunks would have to re-shard it; each device's part is
+  already smaller).
+  """
+  if jax.default_backend() != "cpu" or _sharding.is_sharded(x):
+    return None
+  max_chunk = max(1, CHUNK_BYTES // max(1, bytes_per_example))
+  return None if x.shape[0] <= max_chunk else max_chunk
+
+
 def _map_batch(f, x, bytes_per_example):
-  """`f` over chunks of the flat batch x (B, ...) via `lax.map`.
+  """`f` over chunks of the flat batch x (B, ...) via `lax.map` (see
+  `_chunk_size`).
 
   Chunks hold about `CHUNK_BYTES / bytes_per_example` examples, evened out
   (the batch is zero-padded to a whole number of chunks, then cut back).
   """
-  batch = x.shape[0]
-  max_chunk = max(1, CHUNK_BYTES // max(1, bytes_per_example))
-  if batch <= max_chunk:  # one chunk: no loop to compile
+  max_chunk = _chunk_size(x, bytes_per_example)
+  if max_chunk is None:
     return f(x)
+  batch = x.shape[0]
   num_chunks = -(-batch // max_chunk)
   chunk = -(-batch // num_chunks)
   pad = num_chunks * chunk - batch
@@ -129,38 +208,32 @@ def _result(logits, c, s, batch_shape):
                        inputs=s, outputs=squash(s))
 
 
-def route(u_hat: jax.Array, num_iterations: int, *,
-          stop_inner_gradients: bool = False,
-          temperature=1.0) -> RoutingResult:
+def route(u_hat: jax.Array, routing: Routing, *,
+          stop_inner_gradients: bool = False) -> RoutingResult:
   """Routing by agreement with a static number of iterations.
 
   Args:
     u_hat: votes, shape (..., Nv, Nh, Dh).
-    num_iterations: r >= 1, a Python int. r = 1 gives uniform coefficients.
+    routing: a `Routing`; `num_iterations=1` gives uniform coefficients.
     stop_inner_gradients: if True, no gradient flows through the logits
       (the coefficients are treated as constants; `inputs` and `outputs`
       still depend on `u_hat` through the last weighted sum).
-    temperature: T > 0; every softmax is `softmax(logits / T)`. T = 1 is
-      Sabour et al.'s routing; T -> infinity tends to uniform routing (the
-      r = 1 model). Not in the paper: a variant for the routed-training
-      study (BUILD_NOTES.md). A float or a scalar array (traced is fine).
 
   Returns:
     A `RoutingResult`. The loop runs the r - 1 logit updates of Procedure 1
     and then computes c, s and o once more; Procedure 1's final logit update
     is skipped because nothing reads it.
   """
-  r = validation.num_iterations(num_iterations)
+  check_routing(routing)
   validation.check_floating("u_hat", u_hat)
-  validation.temperature(temperature)
   if jnp.ndim(u_hat) < 3:
     raise ValueError(
         f"u_hat must have shape (..., Nv, Nh, Dh); got {jnp.shape(u_hat)}")
-  if r == 1:
+  if routing.num_iterations == 1:
     # Uniform; written out because XLA would constant-fold softmax(zeros),
     # slowly for large batches.
     nh = u_hat.shape[-2]
-    c = jnp.full(u_hat.shape[:-1], 1.0 / nh, u_hat.dtype)
+    c = jnp.zeros_like(u_hat[..., 0]) + 1.0 / nh
     s = jnp.sum(u_hat, axis=-3) / nh
     return RoutingResult(coefficients=c, logits=jnp.zeros_like(c), inputs=s,
                          outputs=squash(s))
@@ -168,60 +241,57 @@ def route(u_hat: jax.Array, num_iterations: int, *,
   nv, nh, dh = u_hat.shape[-3:]
   flat = u_hat.reshape((-1, nv, nh, dh))
   out = _map_batch(
-      lambda u: _route_chunk(jnp.transpose(u, (0, 2, 1, 3)), r,
-                             stop_inner_gradients, temperature),
+      lambda u: _route_chunk(jnp.transpose(u, (0, 2, 1, 3)), routing,
+                             stop_inner_gradients),
       flat, nv * nh * dh * u_hat.dtype.itemsize)
   return _result(*out, batch_shape)
 
 
-def routing_temperature(params):
-  """The model's routing temperature: `params["routing_temperature"]`, 1 if
-  absent (Sabour's routing).
-
-  It is part of the model (c(v), hence p(v), depends on it), so it travels
-  with the parameters into every function that routes, and into checkpoints.
-  It is a fixed hyperparameter, not trained: no gradient flows into it.
-  """
-  t = params.get("routing_temperature", 1.0)
-  return t if isinstance(t, (int, float)) else lax.stop_gradient(t)
-
-
-def route_visible(params, v: jax.Array, num_iterations: int, **kwargs
-                  ) -> jax.Array:
+def route_visible(params, v: jax.Array, routing: Routing, *,
+                  stop_inner_gradients: bool = False) -> jax.Array:
   """The coefficients c(v) of the routed model (MODEL.md section 4).
 
-  Equal to `route(predictions(params, v), num_iterations,
-  temperature=routing_temperature(params)).coefficients`, but each chunk of
-  the batch computes its own votes, so the whole batch's vote tensor is
-  never materialized.
+  Equal to `route(predictions(params, v), routing).coefficients`, but each
+  chunk of the batch computes its own votes, so the whole batch's vote
+  tensor is never materialized.
   """
-  return _route_from_visible(params, v, num_iterations, **kwargs).coefficients
+  return route_from_visible(params, v, routing,
+                            stop_inner_gradients=stop_inner_gradients
+                            ).coefficients
 
 
-def _route_from_visible(params, v: jax.Array, num_iterations: int, *,
-                 stop_inner_gradients: bool = False) -> RoutingResult:
-  """`route(predictions(params, v), num_iterations)`, votes made chunk by chunk."""
-  r = validation.num_iterations(num_iterations)
+def route_from_visible(params, v: jax.Array, routing: Routing, *,
+                       stop_inner_gradients: bool = False) -> RoutingResult:
+  """`route(predictions(params, v), routing)`, votes made chunk by chunk."""
+  check_routing(routing)
   validation.visible(params, v)
   W = params["W"]
   nv, nh, dh, _ = W.shape
-  if r == 1:  # uniform: no votes needed for the coefficients
-    c = jnp.full(v.shape[:-2] + (nv, nh), 1.0 / nh,
-                 jnp.result_type(W, v))
+  if routing.num_iterations == 1:  # uniform: no votes needed for c
     s = jnp.einsum("...il,ijkl->...jk", v, W) / nh
+    c = uniform_coefficients(W, v)
     return RoutingResult(coefficients=c, logits=jnp.zeros_like(c), inputs=s,
                          outputs=squash(s))
-  t = routing_temperature(params)
-  validation.temperature(t)
   batch_shape = v.shape[:-2]
   dtype = jnp.result_type(W, v)
   W = W.astype(dtype)
   flat = v.reshape((-1,) + v.shape[-2:]).astype(dtype)
   out = _map_batch(
-      lambda x: _route_chunk(_votes_by_upper(W, x), r, stop_inner_gradients,
-                             t),
+      lambda x: _route_chunk(_votes_by_upper(W, x), routing,
+                             stop_inner_gradients),
       flat, nv * nh * dh * dtype.itemsize)
   return _result(*out, batch_shape)
+
+
+def uniform_coefficients(W, v) -> jax.Array:
+  """`c = 1 / Nh` for every example of v (..., Nv, Dv): (..., Nv, Nh).
+
+  Built from v (`zeros_like`), so that it has v's batch sharding.
+  """
+  nh = W.shape[1]
+  dtype = jnp.result_type(W, v)
+  return jnp.zeros_like(v[..., :1], dtype) + jnp.full(W.shape[:2], 1.0 / nh,
+                                                      dtype)
 
 
 def routing_entropy(c: jax.Array) -> jax.Array:

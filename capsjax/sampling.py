@@ -1,33 +1,39 @@
-"""Markov chains in the routed model: Gibbs with routing, and its MH correction.
+"""Markov chains in the routed model: kernels as values (blackjax's shape).
 
-Blackjax's shape: a `ChainState` NamedTuple, `init(params, v, ...)`, and
-kernels `step(key, state, params, ...) -> (state, ChainInfo)`. Nothing is
-jitted here; the caller jits (the keyword options are static).
+A kernel is a `Kernel` NamedTuple: `init(params, v) -> ChainState`,
+`step(key, state, params) -> (ChainState, ChainInfo)`, and the `routing` and
+`visible` it was built with, so that a function that takes a kernel needs
+nothing else about the model. Nothing is jitted here; the caller jits (a
+kernel is hashable, a static argument).
 
-* `gibbs_step`: the paper's alternation (MODEL.md section 5): h ~ p(h|v;c),
-  v' ~ p(v|h;c), then c' = c(v') if `reroute` else c. It does not leave the
-  routed model p(v) of section 4 invariant when routing is on.
-* `mh_step`: the same proposal, corrected by Metropolis-Hastings (section 6)
-  so that the routed model's joint `exp(-E(v, h; c(v)))` is invariant.
+* `gibbs(routing, ...)`: the paper's alternation (MODEL.md section 5):
+  h ~ p(h|v;c), v' ~ p(v|h;c), then c' = c(v') if `reroute` else c. It does
+  not leave the routed model p(v) of section 4 invariant when routing is on.
+* `mh(routing, ...)`: the same proposal, corrected by Metropolis-Hastings
+  (section 6) so that the routed model's joint `exp(-E(v, h; c(v)))` is
+  invariant.
+
+With one routing iteration c is uniform for every v: both kernels are then
+exact block Gibbs sampling of an RBM, and internally use one (Nv, Nh)
+matrix for the whole batch (one matrix product per conditional).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from capsjax import energies
-from capsjax import routing
+from capsjax import routing as routing_lib
 from capsjax import validation
 
 
 class ChainState(NamedTuple):
   v: jax.Array             # (..., Nv, Dv): the visible state (a sample)
-  coefficients: jax.Array  # (..., Nv, Nh): the c used for the next step;
-                           # (Nv, Nh) when shared by every chain (uniform
-                           # routing, r = 1), which the steps keep shared
+  coefficients: jax.Array  # (..., Nv, Nh): the c used for the next step
 
 
 class ChainInfo(NamedTuple):
@@ -37,37 +43,134 @@ class ChainInfo(NamedTuple):
   is_accepted: jax.Array      # (...,): bool
 
 
-def init(params, v: jax.Array, num_iterations: int, **route_kwargs
-         ) -> ChainState:
-  """A chain at `v` with its routing coefficients c(v)."""
-  return ChainState(v, routing.route_visible(params, v, num_iterations,
-                                             **route_kwargs))
+class Kernel(NamedTuple):
+  """A Markov kernel of the routed model and the options it was built with.
+
+  A state has fields or properties `v` and `coefficients`: the chains of
+  the model itself (for a tempering ladder, those at inverse temperature 1).
+  """
+  init: Callable    # (params, v) -> state
+  step: Callable    # (key, state, params) -> (state, info)
+  routing: routing_lib.Routing
+  visible: str
+  name: str         # "gibbs", "mh" or "tempering"
+  exact: bool       # leaves the routed model p(v) of MODEL.md section 4
+                    # invariant (MH, or any kernel of the unrouted layer)
+  refresh: Callable  # (params, state) -> state: the coefficients recomputed
+                     # under new parameters (a persistent chain's, in PCD)
 
 
-def gibbs_step(key, state: ChainState, params, *, num_iterations: int,
-               reroute: bool = True, visible: str = "bernoulli"
+# The kernels' functions are frozen dataclasses, not closures, so that two
+# kernels built with the same options are equal and hash alike: a kernel is
+# a static argument under jit and must not recompile when rebuilt.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Init:
+  routing: routing_lib.Routing
+
+  def __call__(self, params, v) -> ChainState:
+    """A chain at `v` with its routing coefficients c(v)."""
+    validation.visible(params, v)
+    return ChainState(v, routing_lib.route_visible(params, v, self.routing))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refresh:
+  routing: routing_lib.Routing
+
+  def __call__(self, params, state: ChainState) -> ChainState:
+    return ChainState(state.v, routing_lib.route_visible(params, state.v,
+                                                         self.routing))
+
+
+def conditional_coefficients(params, state, routing):
+  """The c a step's conditionals use: the state's, or for uniform routing
+  one (Nv, Nh) matrix shared by every chain (one RBM matrix product per
+  conditional instead of per-example contractions; same values)."""
+  if routing.routed:
+    return state.coefficients
+  nh = params["W"].shape[1]
+  return jnp.full(params["W"].shape[:2], 1.0 / nh, state.coefficients.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GibbsStep:
+  routing: routing_lib.Routing
+  visible: str
+  reroute: bool
+
+  def __call__(self, key, state: ChainState, params
                ) -> tuple[ChainState, ChainInfo]:
-  """One step of the paper's alternation (uncorrected)."""
-  key_h, key_v = jax.random.split(key)
-  h, _ = energies.sample_hidden(key_h, params, state.v, state.coefficients)
-  v, mean = energies.sample_visible(key_v, params, h, state.coefficients,
-                                    visible=visible)
-  shared = jnp.ndim(state.coefficients) == 2
-  if reroute and num_iterations == 1:
-    # c(v) is uniform for every v: no routing, and shared coefficients
-    # (Nv, Nh) stay shared (one matrix product per conditional).
-    shape = state.coefficients.shape[-2:]
-    c = jnp.full(shape if shared else v.shape[:-2] + shape,
-                 1.0 / shape[-1], state.coefficients.dtype)
-  elif reroute:
-    c = routing.route_visible(params, v, num_iterations)
-  elif shared:  # keep as is
-    c = state.coefficients
-  else:  # keep c, broadcast to the chain's batch shape (a static shape)
-    c = jnp.broadcast_to(state.coefficients,
-                         v.shape[:-2] + state.coefficients.shape[-2:])
-  ones = jnp.ones(v.shape[:-2], v.dtype)
-  return ChainState(v, c), ChainInfo(h, mean, ones, ones.astype(bool))
+    """One step of the paper's alternation (uncorrected)."""
+    key_h, key_v = jax.random.split(key)
+    c = conditional_coefficients(params, state, self.routing)
+    h, _ = energies.sample_hidden(key_h, params, state.v, c)
+    v, mean = energies.sample_visible(key_v, params, h, c,
+                                      visible=self.visible)
+    if self.reroute and self.routing.routed:
+      c = routing_lib.route_visible(params, v, self.routing)
+    else:  # c is unchanged (or uniform): keep the state's, whatever its shape
+      c = jnp.broadcast_to(state.coefficients,
+                           v.shape[:-2] + state.coefficients.shape[-2:])
+    ones = jnp.ones(v.shape[:-2], v.dtype)
+    return ChainState(v, c), ChainInfo(h, mean, ones, ones.astype(bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class _MHStep:
+  routing: routing_lib.Routing
+  visible: str
+
+  def __call__(self, key, state: ChainState, params
+               ) -> tuple[ChainState, ChainInfo]:
+    """One Gibbs h-step and one MH-corrected v-step; exact for the routed
+    model. `state.coefficients` must be c(state.v) (as `init` makes it)."""
+    if not self.routing.routed:  # every proposal is accepted: plain Gibbs
+      return _GibbsStep(self.routing, self.visible, True)(key, state, params)
+    key_h, key_v, key_u = jax.random.split(key, 3)
+    v, c = state
+    h, _ = energies.sample_hidden(key_h, params, v, c)
+    proposal, mean = energies.sample_visible(key_v, params, h, c,
+                                             visible=self.visible)
+    c_new = routing_lib.route_visible(params, proposal, self.routing)
+    log_ratio = mh_log_ratio(params, v, proposal, h, c, c_new,
+                             visible=self.visible)
+    state, acceptance, accept = metropolis_accept(
+        key_u, log_ratio, state, ChainState(proposal, c_new))
+    return state, ChainInfo(h, mean, acceptance, accept)
+
+
+def gibbs(routing: routing_lib.Routing, *, visible: str = "bernoulli",
+          reroute: bool = True) -> Kernel:
+  """The paper's alternation (MODEL.md section 5) as a kernel.
+
+  `reroute`: recompute c = c(v') after each visible sample; if False, c
+  stays the chain's initial coefficients. Exact only for the unrouted
+  layer (`routing.num_iterations == 1`).
+  """
+  routing_lib.check_routing(routing)
+  visible = validation.visible_type(visible)
+  return Kernel(_Init(routing), _GibbsStep(routing, visible, bool(reroute)),
+                routing, visible, "gibbs", exact=not routing.routed,
+                refresh=_Refresh(routing))
+
+
+def mh(routing: routing_lib.Routing, *, visible: str = "bernoulli") -> Kernel:
+  """The Metropolis-Hastings-corrected kernel (MODEL.md section 6): exact."""
+  routing_lib.check_routing(routing)
+  visible = validation.visible_type(visible)
+  return Kernel(_Init(routing), _MHStep(routing, visible), routing, visible,
+                "mh", exact=True, refresh=_Refresh(routing))
+
+
+def check_kernel(kernel) -> Kernel:
+  """Checks that `kernel` is a `Kernel` (`gibbs`, `mh`, `tempering`)."""
+  if not isinstance(kernel, Kernel):
+    raise ValueError("kernel must be a capsjax.gibbs(...), capsjax.mh(...) "
+                     f"or capsjax.tempering(...) kernel; got "
+                     f"{type(kernel).__name__}")
+  return kernel
 
 
 def mh_log_ratio(params, v, v_new, h, c, c_new, *, visible="bernoulli"):
@@ -85,26 +188,6 @@ def mh_log_ratio(params, v, v_new, h, c, c_new, *, visible="bernoulli"):
   return interaction + log_z(c) - log_z(c_new)
 
 
-def mh_step(key, state: ChainState, params, *, num_iterations: int,
-            visible: str = "bernoulli") -> tuple[ChainState, ChainInfo]:
-  """One Gibbs h-step and one MH-corrected v-step; exact for the routed model.
-
-  `state.coefficients` must be c(state.v) (as `init` makes it).
-  """
-  key_h, key_v, key_u = jax.random.split(key, 3)
-  v, c = state
-  h, _ = energies.sample_hidden(key_h, params, v, c)
-  proposal, mean = energies.sample_visible(key_v, params, h, c,
-                                             visible=visible)
-  # With one iteration c(v') = c(v) = uniform: every proposal is accepted.
-  c_new = (c if num_iterations == 1 else
-           routing.route_visible(params, proposal, num_iterations))
-  log_ratio = mh_log_ratio(params, v, proposal, h, c, c_new, visible=visible)
-  state, acceptance, accept = metropolis_accept(
-      key_u, log_ratio, state, ChainState(proposal, c_new))
-  return state, ChainInfo(h, mean, acceptance, accept)
-
-
 def metropolis_accept(key, log_ratio, current: ChainState,
                       proposed: ChainState):
   """Accepts each chain's proposal with probability min(1, exp(log_ratio)).
@@ -112,13 +195,11 @@ def metropolis_accept(key, log_ratio, current: ChainState,
   Returns (state, acceptance probability, accepted?).
   """
   # log u < log_ratio, not u < acceptance: exact also when the ratio overflows.
-  accept = jnp.log(jax.random.uniform(key, log_ratio.shape,
-                                      log_ratio.dtype)) < log_ratio
-  def select(new, old):
-    if new is old:  # e.g. shared coefficients that no proposal changes
-      return old
-    return jnp.where(accept[..., None, None], new, old)
-  state = jax.tree.map(select, proposed, current)
+  u = jax.random.uniform(key, log_ratio.shape, log_ratio.dtype)
+  accept = jnp.log(u) < log_ratio
+  state = jax.tree.map(lambda new, old: jnp.where(accept[..., None, None],
+                                                  new, old),
+                       proposed, current)
   return state, jnp.exp(jnp.minimum(log_ratio, 0.0)), accept
 
 
@@ -128,30 +209,24 @@ class RunInfo(NamedTuple):
   last: ChainInfo             # the last step's full info
 
 
-def run(key, state: ChainState, params, num_steps: int, *, num_iterations: int,
-        mh: bool = False, reroute: bool = True, visible: str = "bernoulli"
-        ) -> tuple[ChainState, RunInfo]:
-  """`num_steps` steps under `lax.scan`: the last state and a `RunInfo`.
+def run_chain(key, kernel: Kernel, state: ChainState, params, num_steps: int
+              ) -> tuple[ChainState, RunInfo]:
+  """`num_steps` steps of `kernel` under `lax.scan`: the last state and a
+  `RunInfo`.
 
   Only the per-step acceptance is stacked; the hidden samples and visible
   means are kept for the last step alone, so long chains use no more
   memory than one step.
   """
   num_steps = validation.positive_int("num_steps", num_steps)
-  if mh:
-    step = lambda k, s: mh_step(k, s, params, num_iterations=num_iterations,
-                                visible=visible)
-  else:
-    step = lambda k, s: gibbs_step(k, s, params, num_iterations=num_iterations,
-                                   reroute=reroute, visible=visible)
 
   def body(s, k):
-    s, info = step(k, s)
+    s, info = kernel.step(k, s, params)
     return s, (info.acceptance_rate, info.is_accepted)
 
   keys = jax.random.split(key, num_steps)
   state, (rates, accepted) = jax.lax.scan(body, state, keys[:-1])
-  state, last = step(keys[-1], state)
+  state, last = kernel.step(keys[-1], state, params)
   return state, RunInfo(
       jnp.concatenate([rates, last.acceptance_rate[None]]),
       jnp.concatenate([accepted, last.is_accepted[None]]), last)

@@ -37,16 +37,6 @@ def param_shapes(params) -> tuple[int, int, int, int]:
   return nv, nh, dh, dv
 
 
-def temperature(t) -> None:
-  """A routing temperature: a positive Python number or a scalar array
-  (whose value is not checked: it may be traced)."""
-  if isinstance(t, bool) or (isinstance(t, (int, float)) and not t > 0):
-    raise ValueError(f"the routing temperature must be > 0; got {t!r}")
-  if not isinstance(t, (int, float)) and jnp.ndim(t) != 0:
-    raise ValueError("the routing temperature must be a scalar; got shape "
-                     f"{jnp.shape(t)}")
-
-
 def check_floating(name: str, x) -> None:
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, jnp.floating):
@@ -89,15 +79,6 @@ def hidden(params, h, name: str = "h"):
 def coefficients(params, c, name: str = "c"):
   nv, nh, _, _ = param_shapes(params)
   return check_trailing(name, c, (nv, nh), "= (..., Nv, Nh) of params['W']")
-
-
-def num_iterations(r) -> int:
-  if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
-    raise ValueError(
-        f"num_iterations must be a Python int >= 1 (static); got {r!r}")
-  if r < 1:
-    raise ValueError(f"num_iterations must be >= 1; got {r}")
-  return int(r)
 
 
 def positive_int(name: str, k) -> int:

@@ -8,7 +8,7 @@ For every schedule (`capsjax.beta_schedule` kinds), length and seed, runs
 AIS (data-marginal base, as `experiments.evaluate`) on the workdir's latest
 checkpoint and the mean test log-probability with it; an estimate whose
 importance weights are degenerate (ESS below
-`capsjax.likelihood.ess_threshold`) is flagged and kept out of the summary.
+`capsjax.ess_threshold`) is flagged and kept out of the summary.
 The summary gives, per schedule and length, the mean and the spread (std)
 over the reliable seeds: a model's likelihood is quoted only where several
 seeds agree. It also gives an upper bound that holds whatever the weights
@@ -71,10 +71,10 @@ def main(argv):
   bs = _BATCH.value
   test_v = evaluation.binarize_capsules(config, d.test, keys["test"], bs)
   bias = evaluation.base_bias(config, d.train, keys["base"], bs)
-  rows = evaluation.ais_estimates(state.params, config.num_iterations, test_v, bias,
-                   schedules=_SCHEDULES.value, num_betas=num_betas,
-                   seeds=_SEEDS.value, num_runs=_NUM_RUNS.value,
-                   batch_size=bs)
+  rows = evaluation.ais_estimates(
+      state.params, train_lib.make_routing(config), test_v, bias,
+      schedules=_SCHEDULES.value, num_betas=num_betas, seeds=_SEEDS.value,
+      num_runs=_NUM_RUNS.value, batch_size=bs)
   out = _OUT.value or os.path.join(_WORKDIR.value, "ais_reliability")
   os.makedirs(out, exist_ok=True)
   title = f"AIS reliability of {_WORKDIR.value} (update {int(state.step)})"

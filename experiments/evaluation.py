@@ -58,8 +58,8 @@ AIS_PRESETS = {"quick": (1_000, 32), "full": (14_500, 100)}
 # log-likelihood is biased *high*; a degenerate estimate looks optimistic.
 # The floor keeps the check meaningful for few runs (ESS >= 1 always): below
 # 2 a single run carries most of the weight.
-MIN_ESS_FRACTION = capsjax.likelihood.MIN_ESS_FRACTION
-MIN_ESS = capsjax.likelihood.MIN_ESS
+MIN_ESS_FRACTION = capsjax.MIN_ESS_FRACTION
+MIN_ESS = capsjax.MIN_ESS
 # Fields of the config that name the run in the markdown header (the JSON
 # keeps the whole config).
 RUN_FIELDS = ("baseline", "dataset", "front_end", "autoencoder_workdir",
@@ -120,14 +120,14 @@ def base_bias(config, train_grey: np.ndarray, key, batch_size: int
 # The measures.
 
 
-_ais = jax.jit(capsjax.ais, static_argnames=("num_iterations", "num_betas",
-                                             "num_runs"))
+_ais = jax.jit(capsjax.ais, static_argnums=2,
+               static_argnames=("num_betas", "num_runs"))
 
 
-def run_ais(key, params, num_iterations: int, bias, *, num_betas: int,
+def run_ais(key, params, routing: capsjax.Routing, bias, *, num_betas: int,
             num_runs: int) -> dict:
   """AIS log Z with its diagnostics and the reliability flag."""
-  result = _ais(key, params, num_iterations, num_betas=num_betas,
+  result = _ais(key, params, routing, num_betas=num_betas,
                 num_runs=num_runs, base_bias=bias)
   ess = float(result.ess)
   return {"log_z": float(result.log_z),
@@ -138,7 +138,7 @@ def run_ais(key, params, num_iterations: int, bias, *, num_betas: int,
           "reliable": bool(ess >= ess_threshold(num_runs))}
 
 
-ess_threshold = capsjax.likelihood.ess_threshold
+ess_threshold = capsjax.ess_threshold
 
 
 # Per-batch kernels. Params are arguments, not closed-over constants, so one
@@ -147,42 +147,42 @@ ess_threshold = capsjax.likelihood.ess_threshold
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _log_prob_batch(params, v, num_iterations, log_z):
-  return capsjax.log_prob(params, v, num_iterations, log_z)
+def _log_prob_batch(params, v, routing, log_z):
+  return capsjax.log_prob(params, v, routing, log_z)
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _reconstruction_batch(params, v, num_iterations):
-  c = capsjax.route_visible(params, v, num_iterations)
+def _reconstruction_batch(params, v, routing):
+  c = capsjax.route_visible(params, v, routing)
   return jnp.mean(jnp.square(v - capsjax.reconstruct(params, v, c)),
                   axis=(-2, -1))
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _features_batch(params, v, num_iterations):
-  c = capsjax.route_visible(params, v, num_iterations)
+def _features_batch(params, v, routing):
+  c = capsjax.route_visible(params, v, routing)
   h = capsjax.hidden_probs(params, v, c)
   return h.reshape(h.shape[0], -1)
 
 
-def log_probs(params, test_v: np.ndarray, num_iterations: int, log_z,
+def log_probs(params, test_v: np.ndarray, routing: capsjax.Routing, log_z,
               batch_size: int) -> np.ndarray:
   """`log p(v)` in nats of every test example, (N,)."""
-  return train_lib.batched(lambda x: _log_prob_batch(params, x, num_iterations, log_z),
+  return train_lib.batched(lambda x: _log_prob_batch(params, x, routing, log_z),
                   test_v, batch_size)
 
 
-def reconstruction_errors(params, v: np.ndarray, num_iterations: int,
+def reconstruction_errors(params, v: np.ndarray, routing: capsjax.Routing,
                           batch_size: int) -> np.ndarray:
   """Per-example mean squared error of one up-down pass with c(v), (N,)."""
-  return train_lib.batched(lambda x: _reconstruction_batch(params, x, num_iterations),
+  return train_lib.batched(lambda x: _reconstruction_batch(params, x, routing),
                   v, batch_size)
 
 
-def hidden_features(params, v: np.ndarray, num_iterations: int,
+def hidden_features(params, v: np.ndarray, routing: capsjax.Routing,
                     batch_size: int) -> np.ndarray:
   """Hidden probabilities p(h | v; c(v)), flattened to (N, Nh*Dh)."""
-  return train_lib.batched(lambda x: _features_batch(params, x, num_iterations),
+  return train_lib.batched(lambda x: _features_batch(params, x, routing),
                   v, batch_size)
 
 
@@ -312,7 +312,7 @@ def _samples_and_floor_subset(sample_key, subset_key, binarize_key, config,
   samples, acceptance = timed(
       "frechet_sampling", frechet.model_samples, sample_key, params,
       marginals, num_samples=n, num_steps=settings.frechet_steps,
-      num_iterations=config.num_iterations, mh=settings.frechet_mh,
+      kernel=train_lib.sampling_kernel(config, settings.frechet_mh),
       batch_size=bs)
   # A random subset: the embedded subset's files are ordered.
   subset = np.sort(np.asarray(jax.random.permutation(
@@ -413,7 +413,7 @@ def evaluate(config, step: int, params, data: train_lib.Data,
   without it the report says it was not computed.
   """
   num_betas, num_runs = ais_size(settings)
-  r = config.num_iterations
+  r = train_lib.make_routing(config)
   bs = settings.batch_size
   keys = evaluation_keys(settings.seed)
   times = {}
@@ -612,20 +612,20 @@ def write(results: dict, out_dir: str, title: str = "Evaluation"
 # probability >= 95%, however degenerate their weights.
 
 
-def ais_estimates(params, num_iterations: int, test_v: np.ndarray, bias, *,
-                  schedules, num_betas, seeds: int, num_runs: int,
+def ais_estimates(params, routing: capsjax.Routing, test_v: np.ndarray, bias,
+                  *, schedules, num_betas, seeds: int, num_runs: int,
                   batch_size: int = 1_000) -> list[dict]:
   """One AIS estimate (and test log-likelihood) per schedule x length x seed."""
   rows = []
   for kind, n, seed in itertools.product(schedules, num_betas, range(seeds)):
     logging.info("AIS %s x %d betas, seed %d ...", kind, n, seed)
-    result = _ais(jax.random.key(seed), params, num_iterations, num_betas=n,
+    result = _ais(jax.random.key(seed), params, routing, num_betas=n,
                   num_runs=num_runs, base_bias=bias,
                   betas=capsjax.beta_schedule(n, kind))
     ess = float(result.ess)
     log_z = float(result.log_z)
-    reliable = ess >= capsjax.likelihood.ess_threshold(num_runs)
-    log_p = log_probs(params, test_v, num_iterations, log_z, batch_size)
+    reliable = ess >= capsjax.ess_threshold(num_runs)
+    log_p = log_probs(params, test_v, routing, log_z, batch_size)
     rows.append({"schedule": kind, "num_betas": n, "seed": seed,
                  "num_runs": num_runs, "log_z": log_z,
                  "log_z_std": float(result.log_z_std), "ess": ess,

@@ -71,36 +71,35 @@ def features_distance(features1, features2) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_steps",
-                                             "num_iterations", "mh"))
+                                             "kernel"))
 def _sample_chunk(params, key, marginals, *, num_chains: int, num_steps: int,
-                  num_iterations: int, mh: bool):
+                  kernel: capsjax.Kernel):
   """Binary states (num_chains, Nv, Dv) after `num_steps` steps, acceptance."""
   init_key, run_key = jax.random.split(key)
   v0 = jax.random.bernoulli(init_key, marginals,
                             (num_chains,) + marginals.shape)
-  state = capsjax.init_chain(params, v0.astype(params["W"].dtype),
-                             num_iterations)
-  state, info = capsjax.run_chain(run_key, state, params, num_steps,
-                                  num_iterations=num_iterations, mh=mh)
+  state = kernel.init(params, v0.astype(params["W"].dtype))
+  state, info = capsjax.run_chain(run_key, kernel, state, params, num_steps)
   return state.v, jnp.mean(info.acceptance_rate)
 
 
 def model_samples(key, params, marginals, *, num_samples: int,
-                  num_steps: int, num_iterations: int, mh: bool = False,
+                  num_steps: int, kernel: capsjax.Kernel,
                   batch_size: int = 1_000) -> tuple[np.ndarray, float]:
   """`num_samples` binary visible states (N, Nv, Dv) and the mean acceptance.
 
   As `train_lib.make_sampler`: chains start at Bernoulli(data marginals) and
-  run `num_steps` Gibbs steps with routing (MH-corrected if `mh`). They run
-  in chunks of `batch_size` chains (chunk i from fold_in(key, i)), so memory
-  stays at one chunk's votes; one compilation serves every chunk.
+  run `num_steps` steps of `kernel` (`train_lib.sampling_kernel`: Gibbs
+  with routing, or MH-corrected). They run in chunks of `batch_size`
+  chains (chunk i from fold_in(key, i)), so memory stays at one chunk's
+  votes; one compilation serves every chunk.
   """
   batch_size = min(batch_size, num_samples)
   chunks, rates = [], []
   for i, start in enumerate(range(0, num_samples, batch_size)):
     v, rate = _sample_chunk(params, jax.random.fold_in(key, i), marginals,
                             num_chains=batch_size, num_steps=num_steps,
-                            num_iterations=num_iterations, mh=mh)
+                            kernel=kernel)
     chunks.append(np.asarray(v)[:num_samples - start])
     rates.append(float(rate))
   return np.concatenate(chunks), float(np.mean(rates))

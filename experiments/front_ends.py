@@ -155,14 +155,14 @@ def _autoencoder(workdir: str, step) -> FrontEnd:
                    f"{workdir}, step {ae.step})"))
 
 
-def topdown_means(params, h, num_iterations: int, rounds: int):
+def topdown_means(params, h, routing: capsjax.Routing, rounds: int):
   """E[v | h; c] with mean-field coefficients (module docstring)."""
   nv, nh = params["W"].shape[:2]
   c = jnp.full(h.shape[:-2] + (nv, nh), 1.0 / nh, h.dtype)
   m = capsjax.visible_probs(params, h, c)
-  if num_iterations > 1:
+  if routing.routed:
     for _ in range(rounds):
-      c = capsjax.route_visible(params, m, num_iterations)
+      c = capsjax.route_visible(params, m, routing)
       m = capsjax.visible_probs(params, h, c)
   return m
 
@@ -177,22 +177,23 @@ def _layer(workdir: str, step, rounds: int) -> FrontEnd:
     raise _config_error("lower_workdir", workdir, str(e)) from None
   lower = get(lower_config)
   params = jax.device_get(state.params)
-  r = lower_config.num_iterations
+  routing = train_lib.make_routing(lower_config)
   nh, dh = params["b"].shape
 
   def means(grey):
     m = lower.means(grey)
     return capsjax.hidden_probs(params, m,
-                                capsjax.route_visible(params, m, r))
+                                capsjax.route_visible(params, m, routing))
 
   def decode(h):
-    return lower.decode(topdown_means(params, h, r, rounds))
+    return lower.decode(topdown_means(params, h, routing, rounds))
 
   return FrontEnd(
       kind="layer", shape=(nh, dh), means=means,
       sample=_binarized_means(means), decode=decode, pixel_space=False,
       description=(f"hidden probabilities of the layer in {workdir} (step "
-                   f"{int(state.step)}, r = {r}; {lower.description})"))
+                   f"{int(state.step)}, r = {routing.num_iterations}; "
+                   f"{lower.description})"))
 
 
 @functools.lru_cache(maxsize=32)

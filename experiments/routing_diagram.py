@@ -7,8 +7,8 @@ Loads the config recorded in the workdir and its latest checkpoint, takes
 image `--index` of `--split`, makes its visible capsules exactly as training
 does (`train_lib.to_capsules`: for the pixel-patch front end, a stochastic
 binarization drawn with `--seed`, cut into patches; the model never sees
-grey levels), routes them with the config's `num_iterations`
-(`capsjax.route`) and writes a PNG:
+grey levels), routes them with the config's routing (`num_iterations`,
+`routing_temperature`; `capsjax.route`) and writes a PNG:
 
 - left: the grey input image (ink on white), with the patch grid;
 - middle: the lower capsules on a square-ish grid (for patches, the image's
@@ -335,7 +335,7 @@ def route_image(config, params, grey: np.ndarray, key: jax.Array) -> Routing:
   v = train_lib.to_capsules(config, jnp.asarray(grey)[None], key)
   v = v.astype(params["W"].dtype)
   routed = capsjax.route(capsjax.predictions(params, v),
-                         config.num_iterations)
+                         train_lib.make_routing(config))
   c = routed.coefficients
   p = capsjax.hidden_probs(params, v, c)
   return Routing(np.asarray(v[0]), np.asarray(c[0]), np.asarray(p[0]),

@@ -4,11 +4,13 @@ One mesh axis, "data". The batch and the persistent chains are split over
 it along the batch axis; the parameters and the optimizer state are
 replicated, or (`shard_weights`) W and the optimizer's copies of it are
 split along their Nh axis over the same devices (FSDP-style: each device
-stores 1/n of W, the compiler gathers it where needed).
+stores 1/n of W, the update gathers it for the step).
 
-The axis is `Auto`: the compiler (GSPMD/Shardy) propagates the input
-shardings through the jitted step and inserts the all-reduce of the
-batch-averaged gradient, so capsjax's math stays free of sharding code.
+The axis is explicit (`jax.make_mesh`'s default): an array's type carries
+its sharding, capsjax's functions take the batch split over it and say
+where their batch sums go (the all-reduce of the batch-averaged gradient),
+and the runner's update (train_lib.make_update) makes the visible capsules
+under `auto_axes` and, with `shard_weights`, gathers W for the step.
 
 Random draws do not depend on the number of devices: with
 `jax_threefry_partitionable` (JAX's default) a draw of a given global shape
@@ -24,7 +26,6 @@ from typing import Any, NamedTuple
 import jax
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -40,8 +41,9 @@ class Shardings(NamedTuple):
 
 
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:
-  """A 1-D "data" mesh over the first `num_devices` of `jax.devices()`."""
-  return jax.make_mesh((num_devices,), (DATA,), axis_types=(AxisType.Auto,),
+  """A 1-D "data" mesh (explicit axis) over the first `num_devices` of
+  `jax.devices()`."""
+  return jax.make_mesh((num_devices,), (DATA,),
                        devices=jax.devices()[:num_devices])
 
 

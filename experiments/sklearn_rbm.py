@@ -206,11 +206,9 @@ def save_run(config, workdir: str, params: dict, train_grey) -> None:
   optimizer = train_lib.make_optimizer(config)
   init = train_lib.initial_state(config, train_grey, optimizer)
   params = jax.tree.map(jnp.asarray, params)
-  state = capsjax.init_train_state(
-      params, optimizer,
-      persistent_chains=None if init.chain is None else init.chain.v,
-      num_iterations=config.num_iterations,
-      weight_scale=train_lib.weight_scale(config))
+  chain = (None if init.chain is None else
+           train_lib.make_kernel(config).init(params, init.chain.v))
+  state = capsjax.init_train_state(params, optimizer, chain=chain)
   state = state._replace(step=jnp.asarray(config.num_steps, jnp.int32))
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))

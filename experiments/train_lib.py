@@ -99,6 +99,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("weight_scale", "must be 'none' or 'num_hidden_capsules'")
   if config.mh and config.mean_field_negative:
     fail("mean_field_negative", "cannot be combined with config.mh")
+  if config.through_routing and not config.mh and config.num_iterations > 1:
+    fail("through_routing", "needs chains that sample the routed model "
+         "exactly: set config.mh = True (or num_iterations = 1)")
   if config.visible != "bernoulli":
     fail("visible", "the runner trains on binarized images: use 'bernoulli'")
   if (isinstance(config.num_devices, bool)
@@ -126,11 +129,33 @@ def weight_scale(config) -> float:
           else float(config.num_hidden_capsules))
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_routing(config) -> capsjax.Routing:
+  """The layer's routing options: part of the model, static under jit."""
+  return capsjax.Routing(num_iterations=config.num_iterations,
+                         temperature=config.routing_temperature)
+
+
+def make_kernel(config) -> capsjax.Kernel:
+  """The negative phase's Markov kernel: MH-corrected (config.mh) or the
+  paper's alternation (config.reroute)."""
+  routing = make_routing(config)
+  if config.mh:
+    return capsjax.mh(routing)
+  return capsjax.gibbs(routing, reroute=config.reroute)
+
+
+def sampling_kernel(config, mh: bool = False) -> capsjax.Kernel:
+  """The kernel of the model's sample chains (figures, Fréchet samples):
+  rerouted Gibbs, or MH-corrected if `mh`, whatever the training used."""
+  routing = make_routing(config)
+  return capsjax.mh(routing) if mh else capsjax.gibbs(routing)
+
+
+def base_optimizer(config) -> optax.GradientTransformation:
   """SGD with momentum or Adam on the CD gradient, with the optional
   gradient clipping (first) and learning-rate warm-up (last, so that it
   scales Adam's steps too). Without them the state has the structure of
-  older checkpoints. Read the learning rate with `learning_rate(opt_state)`.
+  older checkpoints. It acts on the effective weights (`make_optimizer`).
   """
   if config.optimizer == "sgd":
     momentum = capsjax.momentum_schedule(config.momentum_initial,
@@ -152,17 +177,24 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+def make_optimizer(config) -> optax.GradientTransformation:
+  """`base_optimizer` on the effective weights `W / weight_scale(config)`
+  (`capsjax.effective_weights`; its state is the base optimizer's). Read
+  the learning rate with `learning_rate(opt_state)`."""
+  return capsjax.effective_weights(base_optimizer(config),
+                                   weight_scale(config))
+
+
 def learning_rate(opt_state) -> jax.Array:
   """The (injected) learning rate of a `make_optimizer` state."""
   return optax.tree_utils.tree_get(opt_state, "learning_rate")
 
 
 def cd_options(config) -> dict:
-  return dict(k=config.k, num_iterations=config.num_iterations,
-              reroute=config.reroute, mh=config.mh,
+  """`capsjax.train_step`'s keywords besides the optimizer."""
+  return dict(kernel=make_kernel(config), k=config.k,
               through_routing=config.through_routing,
-              mean_field_negative=config.mean_field_negative,
-              weight_scale=weight_scale(config))
+              mean_field_negative=config.mean_field_negative)
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +271,16 @@ def to_capsules(config, grey, key):
   return front_ends.get(config).sample(key, grey, config.binarize)
 
 
+def batch_capsules(config, grey_batch, key, sharding):
+  """`to_capsules` of a batch split by `sharding` over an explicit mesh axis
+  (sharding.py), split the same way. The front ends (an autoencoder's
+  convolutions, a lower layer's pass) are not all written for explicit
+  axes: they run with the axis automatic."""
+  return jax.sharding.auto_axes(
+      functools.partial(to_capsules, config), out_sharding=sharding)(
+          grey_batch, key)
+
+
 def batch_indices(config, num_examples: int, step: int) -> np.ndarray:
   """The examples of `step`: a fresh permutation each epoch, from the seed."""
   steps_per_epoch = num_examples // config.batch_size
@@ -285,26 +327,19 @@ def _keys(config):
 def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
   nv, dv, nh, dh = shapes(config)
   keys = _keys(config)
-  scale = weight_scale(config)
   marginals = grey_marginals(config, train_grey)
-  # `config.init_scale` is the std of the effective weights W / scale.
-  model = capsjax.CapsulePoE(
-      nv, dv, nh, dh, rngs=nnx.Rngs(params=keys["init"]),
-      num_iterations=config.num_iterations,
-      init_scale=config.init_scale * scale, data=marginals[None])
-  chains = None
+  # `config.init_scale` is the std of the effective weights W / scale. The
+  # key is the one nnx.Rngs gave the layer before 0.2: the same initial W.
+  params = capsjax.init_params(
+      nnx.Rngs(params=keys["init"]).params(), nv, dv, nh, dh,
+      weight_std=config.init_scale, weight_scale=weight_scale(config),
+      data=marginals[None])
+  chain = None
   if config.persistent:
     # PCD chains start at binarized training images.
-    chains = to_capsules(config, train_grey[:config.batch_size],
-                         keys["chains"])
-  params = model.params()
-  if config.routing_temperature != 1.0:  # part of the model (routing.py)
-    params["routing_temperature"] = jnp.asarray(config.routing_temperature,
-                                                params["W"].dtype)
-  return capsjax.init_train_state(params, optimizer,
-                                  persistent_chains=chains,
-                                  num_iterations=config.num_iterations,
-                                  weight_scale=scale)
+    v0 = to_capsules(config, train_grey[:config.batch_size], keys["chains"])
+    chain = make_kernel(config).init(params, v0)
+  return capsjax.init_train_state(params, optimizer, chain=chain)
 
 
 def abstract_state(config) -> capsjax.TrainState:
@@ -326,8 +361,11 @@ def checkpoint_manager(config, workdir: str, *, create: bool = True
       preservation_policy=ocp.checkpoint_managers.LatestN(
           config.keep_checkpoints),
       create=create, cleanup_tmp_directories=create)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
-                                            "checkpoints"), options=options)
+  # The handler named up front, so that a checkpoint's metadata (its tree,
+  # read before restoring: restore_latest) is readable before any save.
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+      item_handlers=ocp.StandardCheckpointHandler())
 
 
 def make_workdir(workdir: str) -> None:
@@ -369,7 +407,9 @@ def restore_latest(config, workdir: str, mngr: ocp.CheckpointManager,
 
   The arrays are restored straight into `shardings` (a pytree like the
   state, e.g. `make_shardings(config).state`), whatever the devices that
-  wrote them; by default onto this process's first device.
+  wrote them; by default onto this process's first device. A checkpoint
+  written by capsjax 0.1 whose params hold the routing temperature is
+  migrated (`_restore_with_temperature`).
   """
   step = mngr.latest_step()
   if step is None:
@@ -379,8 +419,64 @@ def restore_latest(config, workdir: str, mngr: ocp.CheckpointManager,
   if shardings is None:
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: one, abstract)
+  saved_params = mngr.item_metadata(step).tree["params"]
+  if LEGACY_TEMPERATURE in saved_params:
+    return _restore_with_temperature(
+        config, workdir, mngr, step, abstract, shardings,
+        saved_params[LEGACY_TEMPERATURE].dtype)
   return mngr.restore(step, args=ocp.args.StandardRestore(
       sharding_lib.with_shardings(abstract, shardings)))
+
+
+# capsjax 0.1 stored a routing temperature T != 1 in the params (and so in
+# every params-shaped tree of the optimizer state: momentum, Adam moments,
+# all zero for it); 0.2 holds it in `capsjax.Routing` (config) alone.
+LEGACY_TEMPERATURE = "routing_temperature"
+
+
+def _is_params_tree(x) -> bool:
+  return isinstance(x, dict) and set(x) == {"W", "a", "b"}
+
+
+def _with_legacy_temperature(tree, leaf):
+  """`tree` with `leaf` under LEGACY_TEMPERATURE in every params-shaped dict:
+  the layout of a 0.1 checkpoint."""
+  return jax.tree.map(
+      lambda x: {**x, LEGACY_TEMPERATURE: leaf} if _is_params_tree(x) else x,
+      tree, is_leaf=_is_params_tree)
+
+
+def _without_legacy_temperature(tree):
+  def is_legacy(x):
+    return isinstance(x, dict) and LEGACY_TEMPERATURE in x
+  return jax.tree.map(
+      lambda x: ({k: v for k, v in x.items() if k != LEGACY_TEMPERATURE}
+                 if is_legacy(x) else x), tree, is_leaf=is_legacy)
+
+
+def _restore_with_temperature(config, workdir, mngr, step, abstract,
+                              shardings, dtype) -> capsjax.TrainState:
+  """Restores a 0.1 checkpoint holding params["routing_temperature"]: checks
+  the value against config.routing_temperature and drops the key."""
+  scalar = shardings.step  # a replicated scalar's sharding
+  legacy = mngr.restore(step, args=ocp.args.StandardRestore(
+      sharding_lib.with_shardings(
+          _with_legacy_temperature(abstract,
+                                   jax.ShapeDtypeStruct((), dtype)),
+          _with_legacy_temperature(shardings, scalar))))
+  # Replicated: every process holds the value.
+  saved = np.asarray(legacy.params[LEGACY_TEMPERATURE].addressable_data(0))
+  if saved != np.asarray(config.routing_temperature, saved.dtype):
+    raise ConfigError(
+        f"config.routing_temperature = {config.routing_temperature!r}, but "
+        f"checkpoint {step} in {workdir} (written by capsjax 0.1) was trained "
+        f"with routing temperature {float(saved):g}: set routing_temperature "
+        f"to {float(saved):g} in {os.path.join(workdir, 'config.json')} and "
+        "in the command")
+  logging.info("Migrated the 0.1 checkpoint of step %d: the routing "
+               "temperature %g is config.routing_temperature", step,
+               float(saved))
+  return _without_legacy_temperature(legacy)
 
 
 def data_parallel_devices(config) -> int:
@@ -461,22 +557,31 @@ def make_update(config, optimizer, shardings: sharding_lib.Shardings):
   `update(state, grey_batch)` takes the batch as made by `train_batch` and
   a state on any devices (it is moved to `shardings.state` first, a no-op
   when it is there); it returns the new state in `shardings.state`, the
-  step's `CDInfo` without its chain (replicated scalars) and the finiteness
-  flags.
+  step's `capsjax.CDMonitors` (replicated scalars, from the parameters the
+  step started from) and the finiteness flags.
   """
   keys = _keys(config)
+  options = cd_options(config)
+  kernel = options["kernel"]
   step_fn = functools.partial(capsjax.train_step, optimizer=optimizer,
-                              **cd_options(config))
+                              **options)
 
   def update(state, grey_batch):
-    v = to_capsules(config, grey_batch,
-                    jax.random.fold_in(keys["binarize"], state.step))
-    new_state, info = step_fn(state, keys["train"], v)
+    v = batch_capsules(config, grey_batch,
+                       jax.random.fold_in(keys["binarize"], state.step),
+                       shardings.batch)
+    if config.shard_weights:
+      # FSDP: W (split along Nh over the batch's axis) is gathered for the
+      # step; the update is split again like the state (out_shardings).
+      state = state._replace(params=jax.sharding.reshard(
+          state.params, jax.sharding.PartitionSpec()))
+    new_state, info = step_fn(keys["train"], state, v)
+    # Every update's monitors are logged (means over log_every_steps).
+    monitors = capsjax.cd_monitors(state.params, v, info, kernel=kernel)
     finite = {name: jnp.all(jnp.isfinite(x))
               for name, x in new_state.params.items()}
-    finite["free_energy_gap"] = jnp.isfinite(info.free_energy_gap)
-    # The chain is in new_state already; the rest are scalars.
-    return new_state, info._replace(chain=None), finite
+    finite["free_energy_gap"] = jnp.isfinite(monitors.free_energy_gap)
+    return new_state, monitors, finite
 
   # No buffer donation: an asynchronous checkpoint may still read the state.
   jitted = jax.jit(update, in_shardings=(shardings.state, shardings.batch),
@@ -530,19 +635,18 @@ def make_evaluate(config):
   `monitor_ais_runs`, data-marginal base from `train_v`) gives log Z, its
   ESS and the MH acceptance of the routed model's exact chains; the test
   log-likelihood `-mean F~(test) - log Z` is NaN when the weights are
-  degenerate (ESS below `capsjax.likelihood.ess_threshold`); its 95% upper
-  bound (experiments/ais_reliability.py) is reported in any case.
+  degenerate (ESS below `capsjax.ess_threshold`); its 95% upper bound
+  (experiments/ais_reliability.py) is reported in any case.
   """
-  r = config.num_iterations
+  routing = make_routing(config)
   nv, dv, _, _ = shapes(config)
   num_betas, num_runs = config.monitor_ais_betas, config.monitor_ais_runs
 
   @jax.jit
   def evaluate(params, train_v, test_v, key):
     def routed_f(v):
-      return capsjax.routed_free_energy(params, v, r)
-    routed = capsjax.route(capsjax.predictions(params, test_v), r,
-                           temperature=capsjax.routing_temperature(params))
+      return capsjax.routed_free_energy(params, v, routing)
+    routed = capsjax.route(capsjax.predictions(params, test_v), routing)
     c = routed.coefficients
     entropy = capsjax.routing_entropy(c)
     # sum_j c_ij |W_ij| (Frobenius norms of the blocks), mean over i and the
@@ -560,10 +664,10 @@ def make_evaluate(config):
     pll = nv * dv * jax.nn.log_sigmoid(routed_f(flipped) - f_test)
     monitors = {}
     if num_betas:
-      ais = capsjax.ais(jax.random.fold_in(key, 1), params, r,
+      ais = capsjax.ais(jax.random.fold_in(key, 1), params, routing,
                         num_betas=num_betas, num_runs=num_runs,
                         base_bias=capsjax.base_rate_bias(train_v))
-      reliable = ais.ess >= capsjax.likelihood.ess_threshold(num_runs)
+      reliable = ais.ess >= capsjax.ess_threshold(num_runs)
       monitors = {
           "monitor_ais_log_z": ais.log_z,
           "monitor_ais_log_z_std": ais.log_z_std,
@@ -599,16 +703,16 @@ def make_sampler(config, mh: bool = False):
   `config.num_samples` chains start from the data marginals and run
   `config.sample_steps` Gibbs steps with routing (MH-corrected if `mh`).
   """
-  r = config.num_iterations
+  kernel = sampling_kernel(config, mh)
 
   @jax.jit
   def sample(params, key, marginals):
     init_key, run_key = jax.random.split(key)
     v0 = jax.random.bernoulli(init_key, marginals,
                               (config.num_samples,) + marginals.shape)
-    state = capsjax.init_chain(params, v0.astype(params["W"].dtype), r)
-    _, info = capsjax.run_chain(run_key, state, params, config.sample_steps,
-                                num_iterations=r, mh=mh)
+    state = kernel.init(params, v0.astype(params["W"].dtype))
+    _, info = capsjax.run_chain(run_key, kernel, state, params,
+                                config.sample_steps)
     return info.last.visible_mean, jnp.mean(info.acceptance_rate)
 
   return sample
@@ -627,7 +731,7 @@ def sample_figure(config, sampler, params, key, test_grey, marginals):
   chain_key, binarize_key = jax.random.split(key)
   samples, acceptance = sampler(params, chain_key, marginals)
   test_v = to_capsules(config, test_grey[:nrow * 2], binarize_key)
-  c = capsjax.route_visible(params, test_v, config.num_iterations)
+  c = capsjax.route_visible(params, test_v, make_routing(config))
   recon = capsjax.reconstruct(params, test_v, c)
   front_end = front_ends.get(config)
   to_img = functools.partial(front_ends.to_numpy_images, front_end)
@@ -755,7 +859,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       step = start
       while step < config.num_steps:
         batch = train_batch(config, data.train, step, shardings)
-        new_state, info, finite = update(state, batch)
+        new_state, monitors, finite = update(state, batch)
         # Checked before anything is written: a non-finite state never reaches
         # a checkpoint, and the error names the update that produced it.
         try:
@@ -775,10 +879,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           continue
         state = new_state
         progress.update(1)
-        scalars = {"reconstruction_error": info.reconstruction_error,
-                   "free_energy_gap": info.free_energy_gap,
-                   "acceptance_rate": info.acceptance_rate,
-                   "routing_entropy": info.routing_entropy}
+        scalars = monitors._asdict()
         train_sums = (scalars if train_sums is None else
                       jax.tree.map(jnp.add, train_sums, scalars))
         num_logged += 1

@@ -78,14 +78,14 @@ def free_energy(params, v, c, visible="bernoulli"):
   return -(m + np.log(np.sum(np.exp(neg_e - m))))
 
 
-def routed_log_probs(params, r):
+def routed_log_probs(params, r, temperature=1.0):
   """log p(v) of the routed model (MODEL.md section 4) for every binary v.
 
-  Returns (states (S, Nv, Dv), log_p (S,)). Reads the routing temperature
-  from params["routing_temperature"] if present.
+  Returns (states (S, Nv, Dv), log_p (S,)). `r` routing iterations at
+  routing temperature `temperature` (see `route`).
   """
   W = np.asarray(params["W"], np.float64)
-  t = float(params.get("routing_temperature", 1.0))
+  t = float(temperature)
   nv, _, _, dv = W.shape
   states = binary_states((nv, dv))
   neg_f = np.array([-free_energy(params, v, route(predictions(W, v), r, t))

@@ -43,9 +43,11 @@ def binarized_batch(cfg, train_grey, shardings):
   """Update 3's binarized batch, as the update computes it."""
   keys = train_lib._keys(cfg)  # pylint: disable=protected-access
   key = jax.random.fold_in(keys["binarize"], 3)
-  to_v = jax.jit(lambda g: train_lib.to_capsules(cfg, g, key))
-  return np.asarray(to_v(train_lib.train_batch(cfg, train_grey, 3,
-                                               shardings)))
+  to_v = jax.jit(lambda g: train_lib.batch_capsules(cfg, g, key,
+                                                     shardings.batch))
+  with jax.set_mesh(shardings.mesh):
+    return np.asarray(to_v(train_lib.train_batch(cfg, train_grey, 3,
+                                                 shardings)))
 
 
 def main(out_dir, data_dir, resume_workdir):

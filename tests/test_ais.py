@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 import capsjax
+from capsjax import Routing
 from tests import reference as ref
 
 NV, DV, NH, DH = 4, 4, 2, 4
@@ -41,18 +42,40 @@ MAX_ERROR = 0.1
 # (about -std^2 / 2, <= 0.002 here).
 BAND_SLACK = 0.01
 
-ais = jax.jit(capsjax.ais, static_argnames=(
-    "num_iterations", "num_betas", "num_runs", "visible"))
+# Traces of `ais`, counted by a Python side effect (it runs only while jit
+# traces): a new trace is a new compiled program.
+AIS_TRACES = []
 
+
+def _counted_ais(key, params, routing, *, num_betas, num_runs,
+                 base_bias=None, betas=None, visible="bernoulli"):
+  AIS_TRACES.append(num_betas)
+  return capsjax.ais(key, params, routing, num_betas=num_betas,
+                     num_runs=num_runs, base_bias=base_bias, betas=betas,
+                     visible=visible)
+
+
+ais = jax.jit(_counted_ais, static_argnames=(
+    "routing", "num_betas", "num_runs", "visible"))
+
+
+
+def routing_of(r):
+  """A test's routing: an int r (iterations) or a Routing."""
+  return r if isinstance(r, Routing) else Routing(r)
 
 
 @functools.partial(jax.jit, static_argnums=1)
+def _exact_stats(params, routing):
+  log_z = capsjax.exact_log_z(params, routing)
+  data = jnp.asarray(ref.bars_and_stripes(4), params["W"].dtype)
+  return log_z, jnp.mean(capsjax.log_prob(params, data, routing, log_z))
+
+
 def exact_stats(params, r):
   """(exact log Z, exact mean log p of 4x4 bars-and-stripes): one program
-  per r serves both the AIS references and the training check."""
-  log_z = capsjax.exact_log_z(params, r)
-  data = jnp.asarray(ref.bars_and_stripes(4), params["W"].dtype)
-  return log_z, jnp.mean(capsjax.log_prob(params, data, r, log_z))
+  per routing serves both the AIS references and the training check."""
+  return _exact_stats(params, routing_of(r))
 
 
 def exact_log_z(params, r):
@@ -71,14 +94,15 @@ def run_ais(key, params, r, num_betas, base_bias=None, betas=None):
     base_bias = np.zeros((NV, DV), np.float32)
   if betas is None:
     betas = capsjax.beta_schedule(num_betas)
-  return ais(key, params, r, num_betas=num_betas, num_runs=NUM_RUNS,
+  return ais(key, params, routing_of(r), num_betas=num_betas,
+             num_runs=NUM_RUNS,
              base_bias=jnp.asarray(base_bias, jnp.float32),
              betas=jnp.asarray(betas, jnp.float32))
 
 
 def short_ais(key, params):
   """The short schedule, routed, with the defaults (uniform base)."""
-  return ais(key, params, 3, num_betas=SHORT, num_runs=NUM_RUNS)
+  return ais(key, params, Routing(3), num_betas=SHORT, num_runs=NUM_RUNS)
 
 
 def random_params(seed, nv=NV, dv=DV, nh=NH, dh=DH, w_std=1.0, bias_std=0.5,
@@ -123,14 +147,18 @@ def bars_and_stripes():
 def trained_params(r):
   data = bars_and_stripes()
   opt = capsjax.adam(TRAIN_LR)
-  cd_kwargs = {} if r == 1 else {"mh": True, "through_routing": True}
-  step = functools.partial(capsjax.train_step, optimizer=opt, k=1,
-                           num_iterations=r, **cd_kwargs)
+  if r == 1:
+    step = functools.partial(capsjax.train_step, optimizer=opt, k=1,
+                             kernel=capsjax.gibbs(Routing(1)))
+  else:
+    step = functools.partial(capsjax.train_step, optimizer=opt, k=1,
+                             kernel=capsjax.mh(Routing(r)),
+                             through_routing=True)
 
   @jax.jit
   def train(params):
-    state = capsjax.init_train_state(params, opt, num_iterations=r)
-    body = lambda s, _: (step(s, jax.random.key(1), data)[0], None)
+    state = capsjax.init_train_state(params, opt)
+    body = lambda s, _: (step(jax.random.key(1), s, data)[0], None)
     return jax.lax.scan(body, state, None, length=TRAIN_STEPS)[0].params
 
   return train(random_params(0, w_std=0.5, bias_std=0.0))
@@ -145,7 +173,7 @@ TINY = dict(nv=2, dv=2, nh=2, dh=2)  # 16 visible and 16 hidden states
 def reference_log_density(params, v, r, beta, base_bias):
   """log sum_h exp((1 - beta) a_A.v - beta E(v, h; c(v))), by enumeration."""
   W = np.asarray(params["W"], np.float64)
-  c = ref.route(ref.predictions(W, v), r)
+  c = ref.route(ref.predictions(W, v), r)  # r: iterations, temperature 1
   neg_e = [(1 - beta) * np.sum(base_bias * v)
            - beta * ref.energy(params, v, h, c)
            for h in ref.binary_states(np.shape(params["b"]))]
@@ -166,18 +194,19 @@ def test_tempered_log_density_matches_enumeration(r):
     for beta in (0.0, 0.37, 1.0):
       expected = [reference_log_density(np_params, v, r, beta, base)
                   for v in states]
-      got = tempered_log_density(params, jnp.asarray(states), r, beta,
-                                 jnp.asarray(base))
+      got = tempered_log_density(params, jnp.asarray(states), Routing(r),
+                                 beta, jnp.asarray(base))
       np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
     # The endpoints in closed form: the routed model, and the base model
     # times 2^(Nh Dh) (every hidden neuron a fair coin at beta = 0).
     v = jnp.asarray(states)
     np.testing.assert_allclose(
-        tempered_log_density(params, v, r, 1.0, jnp.asarray(base)),
-        -jax.jit(capsjax.routed_free_energy, static_argnums=2)(params, v, r),
+        tempered_log_density(params, v, Routing(r), 1.0, jnp.asarray(base)),
+        -jax.jit(capsjax.routed_free_energy, static_argnums=2)(
+            params, v, Routing(r)),
         rtol=1e-12)
     np.testing.assert_allclose(
-        tempered_log_density(params, v, r, 0.0, jnp.asarray(base)),
+        tempered_log_density(params, v, Routing(r), 0.0, jnp.asarray(base)),
         np.sum(base * states, axis=(1, 2)) + 4 * np.log(2.0), rtol=1e-12)
 
 
@@ -191,12 +220,14 @@ def test_tempered_step_at_beta_one_is_mh_step():
   base = jnp.asarray(np.random.default_rng(8).normal(size=(NV, DV)),
                      jnp.float32)
 
+  kernel = capsjax.mh(Routing(3))
+
   @jax.jit
   def both(key, v):
-    state = capsjax.init_chain(params, v, 3)
+    state = kernel.init(params, v)
     return (capsjax.tempered_mh_step(key, state, params, 1.0, base,
-                                     num_iterations=3),
-            capsjax.mh_step(key, state, params, num_iterations=3))
+                                     routing=Routing(3)),
+            kernel.step(key, state, params))
 
   (got, got_info), (want, want_info) = both(jax.random.key(7),
                                             skewed_data(6, num=64))
@@ -268,9 +299,10 @@ def test_tempered_step_leaves_p_beta_invariant():
         jax.random.choice(key0, 16, (INV_CHAINS,), p=jnp.asarray(p))]
     def body(state, k):
       state, info = capsjax.tempered_mh_step(k, state, params, INV_BETA,
-                                             base_j, num_iterations=3)
+                                             base_j, routing=Routing(3))
       return state, (state_index(state.v), jnp.mean(info.acceptance_rate))
-    _, (idx, acc) = jax.lax.scan(body, capsjax.init_chain(params, v0, 3),
+    _, (idx, acc) = jax.lax.scan(body,
+                                 capsjax.mh(Routing(3)).init(params, v0),
                                  jax.random.split(key_run, INV_STEPS))
     return jnp.bincount(idx.ravel(), length=16) / idx.size, jnp.mean(acc)
 
@@ -303,10 +335,10 @@ def check_against_exact(result, exact):
 @pytest.mark.parametrize("r,temperature", [(1, None), (3, None), (3, 4.0)])
 def test_random_layer_matches_exact(r, temperature):
   params = random_params(20 + r)
-  if temperature is not None:  # a softer routed model (params carry T)
-    params["routing_temperature"] = jnp.float32(temperature)
-  result = run_ais(jax.random.key(21), params, r, LONG)
-  check_against_exact(result, exact_log_z(params, r))
+  # A softer routed model: the temperature is part of the Routing.
+  routing = Routing(r) if temperature is None else Routing(r, temperature)
+  result = run_ais(jax.random.key(21), params, routing, LONG)
+  check_against_exact(result, exact_log_z(params, routing))
   assert result.log_weights.shape == (NUM_RUNS,)
   assert 1.0 <= float(result.ess) <= NUM_RUNS
   if r == 1:
@@ -395,10 +427,10 @@ def test_deterministic_and_jit_with_traced_schedule():
   # betas and base_bias are traced arguments: a linear schedule and a
   # nonzero base reuse the same compiled program and still agree with the
   # exact value.
-  size = ais._cache_size()
+  traces = len(AIS_TRACES)
   result = run_ais(key, params, 3, LONG, base_bias=np.full((NV, DV), 0.3),
                    betas=capsjax.beta_schedule(LONG, "linear"))
-  assert ais._cache_size() == size
+  assert len(AIS_TRACES) == traces
   check_against_exact(result, exact_log_z(params, 3))
 
 
@@ -465,4 +497,4 @@ def test_bad_arguments_raise(kwargs, match):
   call = dict(num_betas=5, num_runs=4)
   call.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    capsjax.ais(jax.random.key(0), params, 3, **call)
+    capsjax.ais(jax.random.key(0), params, Routing(3), **call)

@@ -17,15 +17,17 @@ from benchmarks import cd_benchmark
 
 @pytest.mark.parametrize("monitors", [True, False])
 def test_cd1_step_flops_match_xla_cost_analysis(monitors):
+  """The benchmark's step (`train_step`, plus `cd_monitors` unless lean)."""
   layer, batch = cd_benchmark.PATCHES, cd_benchmark.BATCH
   opt = optax.sgd(0.01)
-  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt, k=1,
-                                   num_iterations=1, monitors=monitors))
+  step = jax.jit(functools.partial(
+      cd_benchmark.cd_step, optimizer=opt,
+      kernel=capsjax.gibbs(capsjax.Routing(1)), k=1, monitors=monitors))
   params = cd_benchmark._params(layer)
   v = cd_benchmark._binary_data(batch, layer.nv * layer.dv).reshape(
       batch, layer.nv, layer.dv)
   stats = cd_benchmark._compiled_stats(
-      step, capsjax.init_train_state(params, opt), jax.random.key(0), v)
+      step, jax.random.key(0), capsjax.init_train_state(params, opt), v)
   analytic = cd_benchmark.cd_step_flops(layer, batch, 1, 1, monitors)
   # XLA also counts the elementwise work (sigmoids, sampling, the
   # optimizer), a few percent at this size; the contractions are the rest.

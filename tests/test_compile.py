@@ -62,23 +62,35 @@ def test_train_step_compiles_once(compile_counter, num_iterations,
   params = _params(0)
   opt = optax.sgd(0.1)
   batch = 4
-  chains = _binary(1, (batch, NV, DV)) if persistent else None
-  state = capsjax.init_train_state(params, opt, persistent_chains=chains,
-                                   num_iterations=num_iterations)
-  step = jax.jit(functools.partial(capsjax.train_step, optimizer=opt, k=2,
-                                   num_iterations=num_iterations, mh=mh))
-  state, _ = step(state, jax.random.key(0), _binary(2, (batch, NV, DV)))
+  make_kernel = capsjax.mh if mh else capsjax.gibbs
+  kernel = make_kernel(capsjax.Routing(num_iterations))
+  chain = (kernel.init(params, _binary(1, (batch, NV, DV))) if persistent
+           else None)
+  state = capsjax.init_train_state(params, opt, chain=chain)
+  traces = []
+
+  def counted(key, state, batch, *, kernel):
+    traces.append(kernel)  # runs only while jit traces
+    return capsjax.train_step(key, state, batch, optimizer=opt, kernel=kernel,
+                              k=2)
+
+  step = jax.jit(counted, static_argnames="kernel")
+  state, _ = step(jax.random.key(0), state, _binary(2, (batch, NV, DV)),
+                  kernel=kernel)
   compiled = compile_counter.count
-  for t in range(3):  # fresh data and keys: nothing may recompile
-    state, info = step(state, jax.random.key(t + 1),
-                       _binary(t + 3, (batch, NV, DV)))
+  for t in range(3):  # fresh data, keys and (equal) kernels: no recompile
+    state, info = step(jax.random.key(t + 1), state,
+                       _binary(t + 3, (batch, NV, DV)),
+                       kernel=make_kernel(capsjax.Routing(num_iterations)))
   jax.block_until_ready(state)
-  assert step._cache_size() == 1
+  assert len(traces) == 1
   assert compile_counter.count == compiled
   assert int(state.step) == 4
-  assert np.isfinite(float(info.free_energy_gap))
+  assert np.isfinite(float(info.acceptance_rate))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
   if persistent:
     assert state.chain.coefficients.shape == (batch, NV, NH)
+    assert info.chain.coefficients.shape == (batch, NV, NH)
 
 
 @pytest.fixture
@@ -96,11 +108,11 @@ def test_chunked_routing_equals_procedure_1(small_chunks, r):
   expected = np.stack([reference.route(reference.predictions(W, x), r)
                        for x in v])
   fused = jax.jit(capsjax.route_visible, static_argnums=2)(
-      params, jnp.asarray(v, jnp.float32), r)
+      params, jnp.asarray(v, jnp.float32), capsjax.Routing(r))
   np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
   u = np.stack([reference.predictions(W, x) for x in v])
   two_step = jax.jit(capsjax.route, static_argnums=1)(
-      jnp.asarray(u, jnp.float32), r)
+      jnp.asarray(u, jnp.float32), capsjax.Routing(r))
   np.testing.assert_allclose(two_step.coefficients, expected, rtol=1e-5,
                              atol=1e-6)
   s = np.einsum("bij,bijk->bjk", expected, u)
@@ -109,19 +121,20 @@ def test_chunked_routing_equals_procedure_1(small_chunks, r):
 
 def test_chunked_routing_gradient_and_vmap(small_chunks):
   del small_chunks
+  r2 = capsjax.Routing(2)
   params = _params(2)
   v = _binary(6, (2, 5, NV, DV))  # two leading axes
 
   @jax.jit
   def check(W):
     p = {**params, "W": W}
-    c = capsjax.route_visible(p, v, 2)
-    per_row = jax.vmap(lambda x: capsjax.route_visible(p, x, 2))(v)
+    c = capsjax.route_visible(p, v, r2)
+    per_row = jax.vmap(lambda x: capsjax.route_visible(p, x, r2))(v)
 
     def loss(W, chunked):
       q = {**params, "W": W}
-      c = (capsjax.route_visible(q, v, 2) if chunked else capsjax.route(
-          jnp.einsum("ijkl,...il->...ijk", W, v), 2).coefficients)
+      c = (capsjax.route_visible(q, v, r2) if chunked else capsjax.route(
+          jnp.einsum("ijkl,...il->...ijk", W, v), r2).coefficients)
       return jnp.sum(jnp.sin(c))
     return c, per_row, jax.grad(loss)(W, True), jax.grad(loss)(W, False)
 
@@ -181,11 +194,15 @@ def test_shared_coefficients_cd_equals_routed_one_iteration():
   """r = 1 runs on unbatched c; its gradient is the batched-c formula's."""
   params = _params(4)
   v = _binary(10, (6, NV, DV))
-  cd = jax.jit(capsjax.cd_gradient, static_argnames=("k", "num_iterations"))
-  grads, info = cd(params, jax.random.key(11), v, k=1, num_iterations=1)
+  cd = jax.jit(capsjax.cd_gradient, static_argnames=("kernel", "k"))
+  grads, info = cd(jax.random.key(11), params, v,
+                   kernel=capsjax.gibbs(capsjax.Routing(1)), k=1)
   v_neg = info.chain.v
   c = jnp.full((6, NV, NH), 1.0 / NH)
+  # The one ChainState layout: batched like v, also for r = 1.
+  assert info.chain.coefficients.shape == (6, NV, NH)
   np.testing.assert_allclose(info.chain.coefficients, c)
+  np.testing.assert_allclose(info.data_coefficients, c)
 
   def gap(p):
     return (jnp.mean(capsjax.free_energy(p, v, c))

@@ -143,7 +143,8 @@ def test_check_grads_energy_and_free_energy(visible):
 def test_routed_free_energy_check_grads():
   params = _params(19, 0.7)
   v = _binary(20, (2, NV, DV))
-  f = jax.jit(lambda p: capsjax.routed_free_energy(p, v, 3))
+  f = jax.jit(lambda p: capsjax.routed_free_energy(p, v,
+                                                    capsjax.Routing(3)))
   check_grads(f, (params,), order=1, modes=("fwd", "rev"))
 
 

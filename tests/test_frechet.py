@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import capsjax
 from experiments import classifier
 from experiments import evaluation
 from experiments import frechet
@@ -130,7 +131,8 @@ def test_model_samples_are_binary_and_follow_the_marginals():
   marginals = np.full((nv, dv), 0.5, np.float32)
   v, rate = frechet.model_samples(jax.random.key(0), params, marginals,
                                   num_samples=2500, num_steps=2,
-                                  num_iterations=3, batch_size=1000)
+                                  kernel=capsjax.gibbs(capsjax.Routing(3)),
+                                  batch_size=1000)
   assert v.shape == (2500, nv, dv) and rate == 1.0
   assert set(np.unique(v)) <= {0.0, 1.0}
   # 2500 Bernoulli draws: standard error <= 0.01.

@@ -133,8 +133,8 @@ def test_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(
 def _nan_at_update_7_while_lr_is(lr, monkeypatch):
   train_step = capsjax.train_step
 
-  def poisoned(state, key, batch, **kwargs):
-    new, info = train_step(state, key, batch, **kwargs)
+  def poisoned(key, state, batch, **kwargs):
+    new, info = train_step(key, state, batch, **kwargs)
     current = train_lib.learning_rate(state.opt_state)
     bad = (new.step == 7) & (current >= lr)
     nan_w = jnp.where(bad, jnp.nan, new.params["W"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import capsjax
+from capsjax import Routing
 from tests import reference
 
 
@@ -20,12 +21,13 @@ def _params(seed, nv=3, dv=2, nh=2, dh=3, scale=1.0):
 def test_exact_log_z_matches_enumeration(r, temperature, chunk_size):
   with jax.enable_x64(True):
     params = _params(r)
-    if temperature is not None:
-      params["routing_temperature"] = np.float64(temperature)
-    states, log_p = reference.routed_log_probs(params, r)
+    t = 1.0 if temperature is None else temperature
+    states, log_p = reference.routed_log_probs(params, r, temperature=t)
     jparams = jax.tree.map(jnp.asarray, params)
-    log_z = capsjax.exact_log_z(jparams, r, chunk_size=chunk_size)
-    got = capsjax.log_prob(jparams, jnp.asarray(states), r, log_z)
+    routing = (Routing(r) if temperature is None else
+               Routing(r, temperature=temperature))
+    log_z = capsjax.exact_log_z(jparams, routing, chunk_size=chunk_size)
+    got = capsjax.log_prob(jparams, jnp.asarray(states), routing, log_z)
     np.testing.assert_allclose(got, log_p, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(jax.nn.logsumexp(got), 0.0, atol=1e-10)
 
@@ -41,12 +43,33 @@ def test_unrouted_log_z_is_the_rbm_with_scaled_weights():
     neg_e = np.array([[-reference.energy(params, v, h, c) for h in hs]
                       for v in vs])
     expected = np.log(np.sum(np.exp(neg_e)))
-    got = capsjax.exact_log_z(jax.tree.map(jnp.asarray, params), 1)
+    got = capsjax.exact_log_z(jax.tree.map(jnp.asarray, params), Routing(1))
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_too_many_neurons_is_refused():
   params = {"W": jnp.zeros((5, 2, 2, 5)), "a": jnp.zeros((5, 5)),
             "b": jnp.zeros((2, 2))}
-  with pytest.raises(ValueError, match=r"Nv\*Dv = 25 exceeds 24"):
-    capsjax.exact_log_z(params, 3)
+  with pytest.raises(ValueError, match=r"2\^25 states, more than 2\^24"):
+    capsjax.exact_log_z(params, Routing(3))
+
+
+def test_temperature_changes_the_model():
+  """The reference at T = 3 is not the one at T = 1: the parametrized test
+  above would fail if the temperature did not reach exact_log_z/log_prob."""
+  with jax.enable_x64(True):
+    params = _params(3)
+    _, log_p1 = reference.routed_log_probs(params, 3)
+    _, log_p3 = reference.routed_log_probs(params, 3, temperature=3.0)
+    assert np.max(np.abs(log_p1 - log_p3)) > 1e-2
+
+
+def test_gaussian_routed_log_z_is_refused():
+  """Enumerating v needs binary units: a routed Gaussian layer is refused
+  with a message that names the unit type, not silently summed."""
+  params = jax.tree.map(jnp.asarray, _params(0))
+  with pytest.raises(ValueError, match=r"supports Bernoulli visible units "
+                                       r"only; got visible='gaussian'"):
+    capsjax.exact_log_z(params, Routing(3), visible="gaussian")
+  with pytest.raises(ValueError, match="visible must be one of"):
+    capsjax.exact_log_z(params, Routing(3), visible="binary")

@@ -62,7 +62,7 @@ def test_ais_monitor_withholds_degenerate_estimates(tmp_path):
   params = _layer(config, w_std=1.0)
   v = _binary(4, 50, config)
   out = train_lib.make_evaluate(config)(params, v, v, jax.random.key(5))
-  assert float(out["monitor_ais_ess"]) < capsjax.likelihood.ess_threshold(
+  assert float(out["monitor_ais_ess"]) < capsjax.ess_threshold(
       config.monitor_ais_runs)
   assert np.isnan(out["monitor_test_log_likelihood"])
   assert np.isfinite(out["monitor_ais_log_z"])
@@ -75,29 +75,34 @@ def test_routing_temperature_is_part_of_the_trained_model(tmp_path):
   grey = np.random.default_rng(6).random((40, 28, 28)).astype(np.float32)
   optimizer = train_lib.make_optimizer(config)
   state = train_lib.initial_state(config, grey, optimizer)
-  assert float(state.params["routing_temperature"]) == 1e4
+  # The temperature is in the routing options, not in the params.
+  routing = train_lib.make_routing(config)
+  assert routing == capsjax.Routing(3, temperature=1e4)
+  assert train_lib.make_kernel(config).routing == routing
+  assert set(state.params) == {"W", "a", "b"}
   # Checkpoints restore into this structure.
   assert (jax.tree.structure(train_lib.abstract_state(config))
           == jax.tree.structure(state))
-  # Training moves W but not the temperature (no gradient, no decay).
+  # Training with it moves W.
   step = jax.jit(lambda s, b: capsjax.train_step(
-      s, jax.random.key(7), b, optimizer=optimizer,
+      jax.random.key(7), s, b, optimizer=optimizer,
       **train_lib.cd_options(config))[0])
   batch = train_lib.to_capsules(config, grey[:config.batch_size],
                                 jax.random.key(8))
   new = step(step(state, batch), batch)
-  assert float(new.params["routing_temperature"]) == 1e4
+  assert set(new.params) == {"W", "a", "b"}
   assert not np.allclose(new.params["W"], state.params["W"])
   # Such a temperature routes (nearly) uniformly: c ~ 1/Nh.
-  c = capsjax.route_visible(new.params, batch, 3)
+  c = capsjax.route_visible(new.params, batch, routing)
   np.testing.assert_allclose(c, 1.0 / config.num_hidden_capsules, atol=1e-3)
-  # The default (T = 1) stores nothing: older checkpoints stay readable.
-  assert "routing_temperature" not in train_lib.abstract_state(
-      tiny_config(str(tmp_path))).params
+  # The same structure at any temperature.
+  assert (jax.tree.structure(train_lib.abstract_state(tiny_config(
+      str(tmp_path), num_iterations=3))) == jax.tree.structure(state))
 
 
 def _first_update(config, grads):
-  opt = train_lib.make_optimizer(config)
+  """The first update of the optimizer of the effective weights."""
+  opt = train_lib.base_optimizer(config)
   params = {"W": jnp.zeros(3), "a": jnp.zeros(2), "b": jnp.zeros(2)}
   updates, _ = opt.update(grads, opt.init(params), params)
   return updates
@@ -123,6 +128,15 @@ def test_warmup_and_clipping(tmp_path):
       tiny_config(str(tmp_path), weight_decay=0.0, optimizer="adam",
                   learning_rate=0.1, warmup_steps=10), grads)
   np.testing.assert_allclose(adam_warm["W"], [-0.01, 0.0, -0.01], rtol=1e-4)
+  # The runner's optimizer applies it to the effective weights W / Nh
+  # (capsjax.effective_weights): their gradient is Nh dL/dW and W moves Nh
+  # times their step, Nh^2 times plain SGD's step in all.
+  nh = base.num_hidden_capsules
+  opt = train_lib.make_optimizer(base)
+  params = {"W": jnp.zeros(3), "a": jnp.zeros(2), "b": jnp.zeros(2)}
+  scaled, _ = opt.update(grads, opt.init(params), params)
+  np.testing.assert_allclose(scaled["W"], -0.1 * nh ** 2 * grads["W"],
+                             rtol=1e-6)
   # The learning rate is found wherever it sits in the state.
   config = tiny_config(str(tmp_path), warmup_steps=4, grad_clip_norm=1.0)
   state = train_lib.make_optimizer(config).init(grads)
@@ -142,3 +156,15 @@ def test_warmup_and_clipping(tmp_path):
 def test_bad_study_options_are_rejected(tmp_path, field, value, message):
   with pytest.raises(train_lib.ConfigError, match=f"config.{field}.*{message}"):
     train_lib.validate_config(tiny_config(str(tmp_path), **{field: value}))
+
+
+def test_through_routing_needs_exact_chains(tmp_path):
+  # capsjax refuses the gradient through routing with the uncorrected
+  # alternation: the config says so before any work.
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"config.through_routing = True: .*config.mh"):
+    train_lib.validate_config(tiny_config(
+        str(tmp_path), num_iterations=3, through_routing=True))
+  for ok in (dict(num_iterations=3, mh=True), dict(num_iterations=1)):
+    train_lib.validate_config(tiny_config(str(tmp_path), through_routing=True,
+                                          **ok))

@@ -212,7 +212,7 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
   # Layer 2's visible means are layer 1's hidden probabilities with c(v).
   fe2 = front_ends.get(config2)
   v1 = data_lib.images_to_capsules(jnp.asarray(grey), 7)
-  c1 = capsjax.route_visible(l1_state.params, v1, 1)
+  c1 = capsjax.route_visible(l1_state.params, v1, capsjax.Routing(1))
   np.testing.assert_allclose(fe2.means(grey),
                              capsjax.hidden_probs(l1_state.params, v1, c1),
                              rtol=1e-6)
@@ -236,7 +236,7 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
   assert fe3.shape == (2, 4) and train_lib.shapes(config3) == (2, 4, 2, 3)
   h3 = fe3.means(grey)
   assert 0 < float(h3.min()) and float(h3.max()) < 1
-  m2 = front_ends.topdown_means(l2_state.params, h3, 3, 3)
+  m2 = front_ends.topdown_means(l2_state.params, h3, capsjax.Routing(3), 3)
   np.testing.assert_allclose(fe3.decode(h3), fe2.decode(m2), rtol=1e-5,
                              atol=1e-6)
   images = np.asarray(fe3.decode(h3))
@@ -247,7 +247,8 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
   uniform = capsjax.visible_probs(l2_state.params, h3,
                                   jnp.full((40, 4, 2), 0.5))
   np.testing.assert_allclose(
-      front_ends.topdown_means(l2_state.params, h3, 3, 0), uniform,
+      front_ends.topdown_means(l2_state.params, h3, capsjax.Routing(3), 0),
+      uniform,
       rtol=1e-6)
   assert float(jnp.max(jnp.abs(m2 - uniform))) > 0
 

@@ -18,7 +18,8 @@ SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 
 @st.composite
 def layers(draw, max_neurons=6):
-  """(params, v, h, r): a small layer with float64 values of varied scale."""
+  """(params, v, h, routing): a small layer with float64 values of varied
+  scale, 1 to 4 routing iterations and a routing temperature."""
   nv = draw(st.integers(1, 3))
   dv = draw(st.integers(1, max(1, max_neurons // nv)))
   nh = draw(st.integers(1, 3))
@@ -31,7 +32,9 @@ def layers(draw, max_neurons=6):
   batch = draw(st.integers(1, 3))
   v = (rng.random((batch, nv, dv)) < 0.5).astype(np.float64)
   h = (rng.random((batch, nh, dh)) < 0.5).astype(np.float64)
-  return params, v, h, draw(st.integers(1, 4))
+  routing = capsjax.Routing(draw(st.integers(1, 4)),
+                            temperature=draw(st.sampled_from([0.25, 1.0, 4.0])))
+  return params, v, h, routing
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """squash, predictions and route against Procedure 1 written as plain loops."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 import capsjax
+from capsjax import Routing
 from tests import reference
 
 
@@ -76,21 +78,21 @@ class TestRoute:
   @pytest.mark.parametrize("r", [1, 2, 3, 5])
   def test_matches_procedure_1(self, r):
     u = np.array(_votes(r, (4, 6, 3, 5)), np.float64)
-    got = capsjax.route(jnp.asarray(u, jnp.float32), r).coefficients
+    got = capsjax.route(jnp.asarray(u, jnp.float32), Routing(r)).coefficients
     expected = np.stack([reference.route(x, r) for x in u])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
   def test_x64_matches_procedure_1_tightly(self):
     with jax.enable_x64(True):
       u = np.array(np.random.default_rng(3).normal(size=(3, 5, 4, 6)))
-      got = capsjax.route(jnp.asarray(u), 4).coefficients
+      got = capsjax.route(jnp.asarray(u), Routing(4)).coefficients
       assert got.dtype == jnp.float64
       expected = np.stack([reference.route(x, 4) for x in u])
       np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-13)
 
   def test_outputs_are_squashed_inputs(self):
     u = _votes(0, (2, 5, 3, 4))
-    res = capsjax.route(u, 3)
+    res = capsjax.route(u, Routing(3))
     s = jnp.einsum("bij,bijk->bjk", res.coefficients, u)
     np.testing.assert_allclose(res.inputs, s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.outputs, capsjax.squash(s), rtol=1e-5,
@@ -99,30 +101,31 @@ class TestRoute:
                                jax.nn.softmax(res.logits, axis=-1), rtol=1e-6)
 
   def test_coefficients_sum_to_one(self):
-    c = capsjax.route(_votes(1, (8, 10, 7, 4), 3.0), 5).coefficients
+    c = capsjax.route(_votes(1, (8, 10, 7, 4), 3.0), Routing(5)).coefficients
     np.testing.assert_allclose(jnp.sum(c, axis=-1), 1.0, rtol=1e-6)
     assert jnp.all(c >= 0)
 
   def test_one_iteration_is_uniform(self):
-    c = capsjax.route(_votes(2, (3, 4, 6, 5), 5.0), 1).coefficients
+    c = capsjax.route(_votes(2, (3, 4, 6, 5), 5.0), Routing(1)).coefficients
     np.testing.assert_allclose(c, 1.0 / 6.0, rtol=1e-7)
 
   def test_examples_are_independent(self):
     u = _votes(3, (5, 4, 3, 2), 2.0)
-    batched = capsjax.route(u, 3).coefficients
+    batched = capsjax.route(u, Routing(3)).coefficients
     for b in range(5):
-      alone = capsjax.route(u[b], 3).coefficients
+      alone = capsjax.route(u[b], Routing(3)).coefficients
       np.testing.assert_allclose(batched[b], alone, rtol=1e-6, atol=1e-7)
     # Changing the other examples changes nothing for example 0.
     u2 = u.at[1:].set(_votes(4, (4, 4, 3, 2), 2.0))
-    np.testing.assert_array_equal(capsjax.route(u2, 3).coefficients[0],
+    np.testing.assert_array_equal(capsjax.route(u2, Routing(3)).coefficients[0],
                                   batched[0])
 
   def test_jit_and_vmap(self):
     u = _votes(5, (6, 4, 3, 2))
-    eager = capsjax.route(u, 3).coefficients
-    jitted = jax.jit(capsjax.route, static_argnums=1)(u, 3).coefficients
-    mapped = jax.vmap(lambda x: capsjax.route(x, 3))(u).coefficients
+    eager = capsjax.route(u, Routing(3)).coefficients
+    jitted = jax.jit(capsjax.route, static_argnums=1)(u, Routing(3))
+    jitted = jitted.coefficients
+    mapped = jax.vmap(lambda x: capsjax.route(x, Routing(3)))(u).coefficients
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mapped, eager, rtol=1e-6, atol=1e-7)
 
@@ -132,74 +135,119 @@ class TestRoute:
       u = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 4, 2)))
       @jax.jit
       def f(u):
-        res = capsjax.route(u, 3)
+        res = capsjax.route(u, Routing(3))
         return res.coefficients, res.outputs
       check_grads(f, (u,), order=2, modes=("fwd", "rev"))
 
   def test_stop_inner_gradients(self):
     u = _votes(6, (3, 4, 2))
     def coeff_sum(u, stop):
-      c = capsjax.route(u, 3, stop_inner_gradients=stop).coefficients
+      c = capsjax.route(u, Routing(3), stop_inner_gradients=stop).coefficients
       return jnp.sum(c * jnp.arange(4.0))
     assert jnp.any(jax.grad(coeff_sum)(u, False) != 0)
     np.testing.assert_array_equal(jax.grad(coeff_sum)(u, True), 0.0)
     # The values themselves do not change.
     np.testing.assert_array_equal(
-        capsjax.route(u, 3, stop_inner_gradients=True).coefficients,
-        capsjax.route(u, 3).coefficients)
+        capsjax.route(u, Routing(3), stop_inner_gradients=True).coefficients,
+        capsjax.route(u, Routing(3)).coefficients)
 
   def test_no_recompilation_across_values(self):
-    f = jax.jit(functools.partial(capsjax.route, num_iterations=3))
-    f(_votes(0, (2, 3, 4, 5)))
-    before = f._cache_size()
-    f(_votes(1, (2, 3, 4, 5)))
-    assert f._cache_size() == before
+    """New values, and a `Routing` rebuilt with the same options, reuse the
+    trace; other options trace anew. Traces are counted by a Python side
+    effect, which runs only while jit traces."""
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def f(u, routing):
+      traces.append(routing)
+      return capsjax.route(u, routing).coefficients
+
+    f(_votes(0, (2, 3, 4, 5)), Routing(3))
+    f(_votes(1, (2, 3, 4, 5)), Routing(3))
+    f(_votes(1, (2, 3, 4, 5)), Routing(num_iterations=3, temperature=1.0,
+                                        rule="sabour"))
+    assert len(traces) == 1
+    f(_votes(1, (2, 3, 4, 5)), Routing(3, temperature=2.0))
+    assert len(traces) == 2
 
   @pytest.mark.parametrize("t", [0.5, 4.0])
   def test_temperature_matches_procedure_1(self, t):
     u = np.array(_votes(8, (4, 6, 3, 5)), np.float64)
-    got = capsjax.route(jnp.asarray(u, jnp.float32), 3,
-                        temperature=t).coefficients
+    got = capsjax.route(jnp.asarray(u, jnp.float32),
+                        Routing(3, temperature=t)).coefficients
     expected = np.stack([reference.route(x, 3, t) for x in u])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    # The model's temperature lives in params and reaches route_visible,
-    # also as a traced array under jit.
+    # The model's temperature is part of its static Routing and reaches
+    # route_visible under jit; params hold W, a, b only.
     W = np.array(_votes(9, (3, 2, 4, 5)), np.float64)
     v = np.array(_votes(10, (6, 3, 5)), np.float64)
     params = {"W": jnp.asarray(W, jnp.float32), "a": jnp.zeros((3, 5)),
-              "b": jnp.zeros((2, 4)), "routing_temperature": jnp.float32(t)}
+              "b": jnp.zeros((2, 4))}
     c = jax.jit(capsjax.route_visible, static_argnums=2)(
-        params, jnp.asarray(v, jnp.float32), 3)
+        params, jnp.asarray(v, jnp.float32), Routing(3, temperature=t))
     expected = np.stack([reference.route(reference.predictions(W, x), 3, t)
                          for x in v])
     np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-6)
+    # route_from_visible: the full result, the same coefficients.
+    res = jax.jit(capsjax.route_from_visible, static_argnums=2)(
+        params, jnp.asarray(v, jnp.float32), Routing(3, temperature=t))
+    np.testing.assert_allclose(res.coefficients, expected, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(
+        res.outputs,
+        capsjax.route(capsjax.predictions(params, jnp.asarray(v, jnp.float32)),
+                      Routing(3, temperature=t)).outputs, rtol=1e-5, atol=1e-6)
 
   def test_temperature_limits_and_errors(self):
     u = _votes(11, (2, 3, 4, 5), 3.0)
     np.testing.assert_allclose(
-        capsjax.route(u, 3, temperature=1e6).coefficients, 0.25, rtol=1e-4)
+        capsjax.route(u, Routing(3, temperature=1e6)).coefficients, 0.25,
+        rtol=1e-4)
     np.testing.assert_array_equal(
-        capsjax.route(u, 3, temperature=1.0).coefficients,
-        capsjax.route(u, 3).coefficients)
-    for bad in (0.0, -1.0, float("nan"), True):
+        capsjax.route(u, Routing(3, temperature=1.0)).coefficients,
+        capsjax.route(u, Routing(3)).coefficients)
+    for bad in (0, 0.0, -1.0, float("nan"), float("inf"), True, "1.0"):
       with pytest.raises(ValueError, match="temperature"):
-        capsjax.route(u, 3, temperature=bad)
-    with pytest.raises(ValueError, match="scalar"):
-      capsjax.route(u, 3, temperature=jnp.ones(2))
+        Routing(3, temperature=bad)
+    # Not an array: the temperature is a static option, not a parameter.
+    with pytest.raises(ValueError, match="temperature"):
+      Routing(3, temperature=jnp.ones(2))
+    with pytest.raises(ValueError, match="temperature"):
+      Routing(3, temperature=jnp.float32(2.0))
 
-  def test_temperature_is_not_trained(self):
+  def test_temperature_is_an_option_not_a_parameter(self):
+    """0.1 kept the temperature in params (a leaf with zero gradient); 0.2
+    keeps it in the static Routing. The gradient has exactly W, a, b, and
+    the temperature changes it."""
     W = _votes(12, (3, 2, 4, 5))
-    params = {"W": W, "a": jnp.zeros((3, 5)), "b": jnp.zeros((2, 4)),
-              "routing_temperature": jnp.float32(2.0)}
+    params = {"W": W, "a": jnp.zeros((3, 5)), "b": jnp.zeros((2, 4))}
     v = _votes(13, (6, 3, 5))
-    g = jax.grad(lambda p: jnp.sum(capsjax.routed_free_energy(p, v, 3)))(
-        params)
-    assert g["routing_temperature"] == 0.0 and jnp.any(g["W"] != 0)
+    grad = jax.jit(jax.grad(
+        lambda p, r: jnp.sum(capsjax.routed_free_energy(p, v, r))),
+                   static_argnums=1)
+    hot = grad(params, Routing(3, temperature=2.0))
+    assert set(hot) == {"W", "a", "b"} and jnp.any(hot["W"] != 0)
+    cold = grad(params, Routing(3))
+    assert not np.allclose(hot["W"], cold["W"], rtol=1e-3)
+
+  def test_routing_is_a_frozen_hashable_value(self):
+    r = Routing(3, temperature=2.0)
+    assert r == Routing(num_iterations=3, temperature=2.0, rule="sabour")
+    assert hash(r) == hash(Routing(3, 2.0))
+    assert r != Routing(3) and r != Routing(2, temperature=2.0)
+    # Canonical types: numpy scalars and ints compare and hash as Python's.
+    assert Routing(np.int64(3), np.float32(2.0)) == r
+    assert hash(Routing(np.int64(3), 2)) == hash(r)
+    assert type(Routing(np.int64(3)).num_iterations) is int
+    assert Routing(1).routed is False and Routing(2).routed is True
+    assert Routing() == Routing(3, 1.0, "sabour")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      r.num_iterations = 2
 
   def test_entropy(self):
     nh = 5
     u = _votes(7, (2, 3, nh, 4))
-    h = capsjax.routing_entropy(capsjax.route(u, 1).coefficients)
+    h = capsjax.routing_entropy(capsjax.route(u, Routing(1)).coefficients)
     np.testing.assert_allclose(h, np.log(nh), rtol=1e-6)
     hard = jax.nn.one_hot(jnp.array([0, 3]), nh)
     np.testing.assert_allclose(capsjax.routing_entropy(hard), 0.0, atol=1e-7)

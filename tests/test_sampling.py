@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import capsjax
+from capsjax import Routing
 from tests import reference as ref
 
 # The tiny routed layer of the statistical tests: 2 visible capsules of 2
@@ -37,10 +38,22 @@ NUM_CHAINS, BURN_IN, NUM_STEPS = 4096, 50, 100
 # TV 0.003 after 50 steps, 1/15 of the bound.
 
 
+# The kernels of the tiny layer. Kernels are hashable values: static
+# arguments under jit.
+MH = capsjax.mh(Routing(ROUTED))
+GIBBS = capsjax.gibbs(Routing(ROUTED))
+RBM = capsjax.gibbs(Routing(1))
+
+
 # Eager calls retrace routing's fori_loop each time (~0.5 s a call); tests jit.
-init_chain = jax.jit(capsjax.init_chain, static_argnums=2)
-mh_step = jax.jit(capsjax.mh_step,
-                  static_argnames=("num_iterations", "visible"))
+@functools.partial(jax.jit, static_argnums=0)
+def init_chain(kernel, params, v):
+  return kernel.init(params, v)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def kernel_step(kernel, key, state, params):
+  return kernel.step(key, state, params)
 
 
 def random_params(seed, nv=NV, dv=DV, nh=NH, dh=DH, w_std=W_STD,
@@ -69,21 +82,16 @@ def state_index(v):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "num_iterations", "mh", "reroute", "num_chains", "burn_in", "num_steps"))
-def visit_frequencies(key, params, *, num_iterations, mh, reroute=True,
-                      num_chains=NUM_CHAINS, burn_in=BURN_IN,
-                      num_steps=NUM_STEPS):
+    "kernel", "num_chains", "burn_in", "num_steps"))
+def visit_frequencies(key, params, *, kernel, num_chains=NUM_CHAINS,
+                      burn_in=BURN_IN, num_steps=NUM_STEPS):
   """Fraction of (chain, step) pairs in each binary state after burn-in."""
   nv, dv = params["a"].shape
   key_start, key_run = jax.random.split(key)
   # Start: independent fair bits, far from p(v).
   v0 = jax.random.bernoulli(key_start, 0.5, (num_chains, nv, dv))
-  state = capsjax.init_chain(params, v0.astype(jnp.float32), num_iterations)
-  if mh:
-    step = functools.partial(capsjax.mh_step, num_iterations=num_iterations)
-  else:
-    step = functools.partial(capsjax.gibbs_step, num_iterations=num_iterations,
-                             reroute=reroute)
+  state = kernel.init(params, v0.astype(jnp.float32))
+  step = kernel.step
 
   # One scan for burn-in and collection: the step compiles once.
   def body(carry, key_and_t):
@@ -157,7 +165,7 @@ def tiny():
 
 
 class TestConstantCoefficients:
-  """`num_iterations=1`: c = 1/Nh for every v, so every proposal is accepted."""
+  """`Routing(1)`: c = 1/Nh for every v, so every proposal is accepted."""
 
   @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
   def test_every_proposal_accepted(self, visible):
@@ -167,11 +175,11 @@ class TestConstantCoefficients:
     else:
       v0 = jnp.asarray(np.random.default_rng(2).normal(0.0, 2.0, (512, 3, 4)),
                        jnp.float32)
-    state = init_chain(params, v0, 1)
-    run = jax.jit(functools.partial(capsjax.run_chain, num_steps=20,
-                                    num_iterations=1, mh=True,
-                                    visible=visible))
-    _, infos = run(jax.random.key(2), state, params)
+    kernel = capsjax.mh(Routing(1), visible=visible)
+    state = init_chain(kernel, params, v0)
+    run = jax.jit(functools.partial(capsjax.run_chain, kernel=kernel,
+                                    num_steps=20))
+    _, infos = run(jax.random.key(2), state=state, params=params)
     assert infos.acceptance_rate.shape == (20, 512)
     # The log ratio is a sum of energies of size O(10) that cancel exactly;
     # float32 rounding leaves 1 - acceptance at 1e-6 (Bernoulli) and 3e-6
@@ -213,9 +221,9 @@ def _reference_acceptance(params, v, v_new, h, r):
 def batch(tiny):
   """64 chains of the tiny layer at random states, and one MH step from them."""
   params, _ = tiny
-  state = init_chain(params, random_bits(3, (64, NV, DV)), ROUTED)
+  state = init_chain(MH, params, random_bits(3, (64, NV, DV)))
   key = jax.random.key(4)
-  return state, key, mh_step(key, state, params, num_iterations=ROUTED)
+  return state, key, kernel_step(MH, key, state, params)
 
 
 def test_acceptance_matches_definition(tiny, batch):
@@ -245,9 +253,9 @@ def frequencies(tiny):
   params, _ = tiny
   key = jax.random.key(5)
   return {
-      "mh": visit_frequencies(key, params, num_iterations=ROUTED, mh=True),
-      "gibbs": visit_frequencies(key, params, num_iterations=ROUTED, mh=False),
-      "rbm": visit_frequencies(key, params, num_iterations=1, mh=False),
+      "mh": visit_frequencies(key, params, kernel=MH),
+      "gibbs": visit_frequencies(key, params, kernel=GIBBS),
+      "rbm": visit_frequencies(key, params, kernel=RBM),
   }
 
 
@@ -308,7 +316,7 @@ class TestTransforms:
   def test_jit_matches_eager(self, tiny, batch):
     params, _ = tiny
     state, key, jitted = batch
-    eager = capsjax.mh_step(key, state, params, num_iterations=ROUTED)
+    eager = MH.step(key, state, params)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
                                                          atol=1e-6),
                  eager, jitted)
@@ -322,7 +330,7 @@ class TestTransforms:
     params, _ = tiny
     state = jax.tree.map(lambda x: x[:8], batch[0])
     keys = jax.random.split(jax.random.key(6), 8)
-    step = lambda k, s: capsjax.mh_step(k, s, params, num_iterations=ROUTED)
+    step = lambda k, s: MH.step(k, s, params)
     batched_new, batched_info = jax.jit(jax.vmap(step))(keys, state)
     assert batched_new.v.shape == (8, NV, DV)
     single = jax.jit(step)
@@ -337,3 +345,134 @@ class TestTransforms:
       np.testing.assert_allclose(batched_info.acceptance_rate[n],
                                  info.acceptance_rate, rtol=1e-5, atol=1e-6)
       assert bool(batched_info.is_accepted[n]) == bool(info.is_accepted)
+
+
+# ---------------------------------------------------------------------------
+# Kernels as values.
+
+
+class TestKernels:
+
+  def test_equal_options_give_equal_kernels(self):
+    assert capsjax.gibbs(Routing(3)) == capsjax.gibbs(Routing(3))
+    assert hash(capsjax.gibbs(Routing(3))) == hash(capsjax.gibbs(Routing(3)))
+    assert capsjax.mh(Routing(3)) == capsjax.mh(Routing(3))
+    assert hash(capsjax.mh(Routing(3))) == hash(capsjax.mh(Routing(3)))
+    assert (capsjax.gibbs(Routing(2, temperature=0.5), visible="gaussian",
+                          reroute=False)
+            == capsjax.gibbs(Routing(2, 0.5), visible="gaussian",
+                             reroute=False))
+    others = [capsjax.gibbs(Routing(3), reroute=False),
+              capsjax.gibbs(Routing(3), visible="gaussian"),
+              capsjax.gibbs(Routing(3, temperature=2.0)),
+              capsjax.gibbs(Routing(2)), capsjax.mh(Routing(3))]
+    for other in others:
+      assert other != capsjax.gibbs(Routing(3))
+    assert len(set(others)) == len(others)
+
+  def test_rebuilt_kernel_does_not_retrace(self, tiny):
+    """Traces are counted by a Python side effect, which runs only while
+    jit traces the function."""
+    params, _ = tiny
+    traces = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def step(kernel, key, v):
+      traces.append(kernel.name)
+      return kernel.step(key, kernel.init(params, v), params)
+
+    v = random_bits(20, (8, NV, DV))
+    step(capsjax.gibbs(Routing(3)), jax.random.key(0), v)
+    step(capsjax.gibbs(Routing(3)), jax.random.key(1), v)
+    step(capsjax.gibbs(Routing(num_iterations=3, temperature=1.0)),
+         jax.random.key(2), v)
+    assert traces == ["gibbs"]
+    step(capsjax.mh(Routing(3)), jax.random.key(0), v)
+    step(capsjax.mh(Routing(3)), jax.random.key(1), v)
+    assert traces == ["gibbs", "mh"]
+    # Other options are another program: the counter does count.
+    step(capsjax.gibbs(Routing(3), reroute=False), jax.random.key(0), v)
+    assert traces == ["gibbs", "mh", "gibbs"]
+
+  def test_exact_flags_and_fields(self):
+    assert capsjax.gibbs(Routing(1)).exact
+    assert capsjax.gibbs(Routing(1), reroute=False).exact
+    assert capsjax.gibbs(Routing(1, temperature=3.0)).exact
+    assert not capsjax.gibbs(Routing(3)).exact
+    assert not capsjax.gibbs(Routing(2), reroute=False).exact
+    assert capsjax.mh(Routing(3)).exact and capsjax.mh(Routing(1)).exact
+    kernel = capsjax.mh(Routing(2, temperature=0.5), visible="gaussian")
+    assert isinstance(kernel, capsjax.Kernel)
+    assert kernel.routing == Routing(2, 0.5) and kernel.visible == "gaussian"
+    assert kernel.name == "mh" and capsjax.gibbs(Routing(2)).name == "gibbs"
+
+  @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)],
+                           ids=["unbatched", "batch", "two_axes"])
+  def test_coefficients_are_batched_like_v(self, tiny, batch_shape):
+    """One ChainState layout, (..., Nv, Nh), for every kernel and routing,
+    r = 1 included: after init, after a step, after run_chain. (Shapes
+    only: jax.eval_shape traces without compiling.)"""
+    params, _ = tiny
+    v = jax.ShapeDtypeStruct(batch_shape + (NV, DV), jnp.float32)
+    key = jax.random.key(0)
+    for kernel in (RBM, GIBBS, MH, capsjax.mh(Routing(1)),
+                   capsjax.gibbs(Routing(3), reroute=False),
+                   capsjax.gibbs(Routing(1), reroute=False)):
+      def chain(v, kernel=kernel):
+        state = kernel.init(params, v)
+        stepped, info = kernel.step(key, state, params)
+        ran, _ = capsjax.run_chain(key, kernel, state, params, 3)
+        return state, stepped, ran, info
+      state, stepped, ran, info = jax.eval_shape(chain, v)
+      for s in (state, stepped, ran):
+        assert s.v.shape == batch_shape + (NV, DV), kernel
+        assert s.coefficients.shape == batch_shape + (NV, NH), kernel
+      assert info.hidden.shape == batch_shape + (NH, DH)
+      assert info.acceptance_rate.shape == batch_shape
+
+  @pytest.mark.parametrize("batch_shape", [(6,), (2, 3)])
+  def test_unrouted_fast_path_equals_routing_each_example(self, tiny,
+                                                          batch_shape):
+    """r = 1 kernels use one shared (Nv, Nh) matrix internally. Their
+    coefficients equal routing each example, and their steps equal, draw
+    for draw, the per-example path: a Gibbs kernel of a routed layer that
+    keeps (reroute=False) per-example uniform coefficients."""
+    params, _ = tiny
+    W = np.asarray(params["W"], np.float64)
+    v = random_bits(21, batch_shape + (NV, DV))
+    flat_v = np.asarray(v, np.float64).reshape((-1, NV, DV))
+    per_example = np.stack([ref.route(ref.predictions(W, x), 1)
+                            for x in flat_v]).reshape(batch_shape + (NV, NH))
+    routed_each = jnp.stack(
+        [capsjax.route(capsjax.predictions(params, x), Routing(1)).coefficients
+         for x in v.reshape((-1, NV, DV))]).reshape(per_example.shape)
+    np.testing.assert_allclose(routed_each, per_example, rtol=1e-6)
+    per_example_kernel = capsjax.gibbs(Routing(3), reroute=False)
+    slow_state = capsjax.ChainState(v, routed_each)
+    key = jax.random.key(22)
+    slow, slow_info = kernel_step(per_example_kernel, key, slow_state, params)
+    slow_run, _ = jax.jit(capsjax.run_chain, static_argnums=(1, 4))(
+        key, per_example_kernel, slow_state, params, 5)
+    for kernel in (RBM, capsjax.mh(Routing(1))):
+      state = init_chain(kernel, params, v)
+      np.testing.assert_allclose(state.coefficients, per_example, rtol=1e-6)
+      fast, fast_info = kernel_step(kernel, key, state, params)
+      np.testing.assert_array_equal(fast_info.hidden, slow_info.hidden)
+      np.testing.assert_array_equal(fast.v, slow.v)
+      np.testing.assert_allclose(fast_info.visible_mean,
+                                 slow_info.visible_mean, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(fast.coefficients, per_example, rtol=1e-6)
+      fast_run, _ = jax.jit(capsjax.run_chain, static_argnums=(1, 4))(
+          key, kernel, state, params, 5)
+      np.testing.assert_array_equal(fast_run.v, slow_run.v)
+      np.testing.assert_allclose(fast_run.coefficients, per_example,
+                                 rtol=1e-6)
+    # The visible means are the conditionals of MODEL.md section 3 with
+    # per-example c, written out in numpy.
+    a = np.asarray(params["a"], np.float64)
+    h = np.asarray(slow_info.hidden, np.float64).reshape((-1, NH, DH))
+    c = per_example.reshape((-1, NV, NH))
+    x = np.einsum("bij,ijkl,bjk->bil", c, W, h)
+    np.testing.assert_allclose(
+        np.asarray(fast_info.visible_mean).reshape(x.shape),
+        1.0 / (1.0 + np.exp(-(a + x))), rtol=1e-5, atol=1e-6)

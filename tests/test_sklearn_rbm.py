@@ -48,7 +48,7 @@ def test_free_energy_and_hidden_probs_equal_sklearn(patch):
   assert params["b"].shape == (1, 12)
   v = jnp.asarray(to_capsules(x, patch))
   # One upper capsule: routing gives c = 1 whatever the iterations.
-  for r in (1, 3):
+  for r in (capsjax.Routing(1), capsjax.Routing(3)):
     c = capsjax.route_visible(params, v, r)
     np.testing.assert_allclose(c, 1.0, rtol=1e-12)
     np.testing.assert_allclose(capsjax.routed_free_energy(params, v, r),
@@ -65,8 +65,8 @@ def test_partition_function_of_a_tiny_rbm():
   params = sklearn_rbm.params_from_sklearn(rbm, 2)
   states = np.array(list(itertools.product([0.0, 1.0], repeat=16)))
   expected = scipy.special.logsumexp(-rbm._free_energy(states))
-  assert float(capsjax.exact_log_z(params, 1)) == pytest.approx(expected,
-                                                                rel=1e-5)
+  log_z = capsjax.exact_log_z(params, capsjax.Routing(1))
+  assert float(log_z) == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_patch_that_does_not_tile_is_rejected():
@@ -108,8 +108,8 @@ def test_command_writes_a_workdir_that_evaluate_reads(tmp_path):
     rbm.fit(x)
   v = to_capsules(x[:100], 7)
   np.testing.assert_allclose(
-      capsjax.routed_free_energy(state.params, v, 1), rbm._free_energy(
-          x[:100].astype(np.float64)), rtol=1e-4, atol=1e-4)
+      capsjax.routed_free_energy(state.params, v, capsjax.Routing(1)),
+      rbm._free_energy(x[:100].astype(np.float64)), rtol=1e-4, atol=1e-4)
 
   settings = evaluation.Settings(ais="quick", num_betas=20, num_runs=4,
                                  probe_train_examples=200, batch_size=500)

@@ -117,6 +117,69 @@ def jax_leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
+def _write_0_1_checkpoint(config, workdir, state, temperature):
+  """`state` as capsjax 0.1's runner wrote it at a routing temperature T != 1:
+  params["routing_temperature"] = T, and the key in every params-shaped
+  tree of the optimizer state (the optimizer's own init of those params;
+  0.1 gave the temperature zero gradients, so it stays there)."""
+  params = {**state.params,
+            "routing_temperature": jnp.asarray(temperature, jnp.float32)}
+  opt_state = train_lib.make_optimizer(config).init(params)
+  trained = dict(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda path, x: trained.pop(path, x), opt_state)
+  assert not trained  # every leaf of the 0.2 state has its place
+  legacy = state._replace(params=params, opt_state=opt_state)
+  train_lib.make_workdir(workdir)
+  train_lib.check_workdir_config(config, workdir)
+  mngr = train_lib.checkpoint_manager(config, workdir)
+  train_lib.save_checkpoint(mngr, int(state.step), legacy)
+  train_lib.finish_checkpoints(mngr)
+  mngr.close()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
+    data_dir, tmp_path, optimizer):
+  """A checkpoint whose params hold `routing_temperature` (capsjax 0.1) is
+  migrated on load (the key dropped, the value checked against the config)
+  and continues exactly as the same checkpoint written by 0.2."""
+  config = tiny_config(data_dir, num_iterations=3, routing_temperature=2.0,
+                       optimizer=optimizer, num_steps=10,
+                       checkpoint_every_steps=5, eval_every_steps=10,
+                       sample_every_steps=10)
+  reference = str(tmp_path / "reference")
+  train_lib.train_and_evaluate(tiny_config(**{**config, "num_steps": 5}),
+                               reference)
+  state = _restore(reference)
+  legacy = str(tmp_path / "legacy")
+  _write_0_1_checkpoint(config, legacy, state, 2.0)
+
+  _, migrated = train_lib.load_run(legacy)
+  assert set(migrated.params) == {"W", "a", "b"}
+  assert jax.tree.structure(migrated) == jax.tree.structure(state)
+  for x, y in zip(jax_leaves(migrated), jax_leaves(state), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+  resumed = train_lib.train_and_evaluate(config, legacy)
+  expected = train_lib.train_and_evaluate(config, reference)
+  assert int(resumed.step) == 10
+  for x, y in zip(jax_leaves(resumed), jax_leaves(expected), strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert set(train_lib.load_run(legacy)[1].params) == {"W", "a", "b"}
+
+  # A temperature other than the config's is named, with the fix.
+  other = str(tmp_path / "other")
+  _write_0_1_checkpoint(config, other, state, 3.0)
+  message = (r"config.routing_temperature = 2.0, but checkpoint 5 in .*other "
+             r"\(written by capsjax 0.1\) was trained with routing "
+             r"temperature 3: set routing_temperature to 3 in .*config.json")
+  with pytest.raises(train_lib.ConfigError, match=message):
+    train_lib.train_and_evaluate(config, other)
+  with pytest.raises(train_lib.ConfigError, match=message):
+    train_lib.load_run(other)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("learning_rate", -0.1, r"config.learning_rate = -0.1: must be > 0"),
     ("dataset", "cifar10", r"config.dataset = 'cifar10': unknown dataset"),
@@ -205,8 +268,8 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
   import capsjax  # pylint: disable=g-import-not-at-top
   train_step = capsjax.train_step
 
-  def poisoned(state, key, batch, **kwargs):
-    new, info = train_step(state, key, batch, **kwargs)
+  def poisoned(key, state, batch, **kwargs):
+    new, info = train_step(key, state, batch, **kwargs)
     nan_w = jnp.where(new.step == 7, jnp.nan, new.params["W"])
     return new._replace(params={**new.params, "W": nan_w}), info
 

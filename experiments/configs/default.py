@@ -43,8 +43,8 @@ def get_config():
   config.init_scale = 0.01     # std of the effective weights at init
   # Routing variant (not in the paper): every routing softmax is taken of
   # logits / T. 1.0 = Sabour's routing-by-agreement; larger T routes
-  # more softly (T -> infinity: the unrouted model). Part of the model:
-  # stored in the params (params["routing_temperature"]) when != 1.
+  # more softly (T -> infinity: the unrouted model). Part of the model
+  # (capsjax.Routing), not of the params.
   config.routing_temperature = 1.0
   # "num_hidden_capsules": optimize W / Nh (MODEL.md section 5), so the
   # effective weights c W start and move like an RBM's.
