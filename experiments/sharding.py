@@ -54,8 +54,8 @@ def _path_names(path) -> set:
 def state_shardings(mesh, abstract_state, *, shard_weights: bool = False):
   """NamedShardings for a `capsjax.TrainState` (or its abstract shape).
 
-  The persistent chain (its visible states and coefficients, batch-first)
-  is split over DATA; W and every optimizer leaf of W's shape (momentum,
+  The persistent chain (its visible states and coefficients, batch-first;
+  a tempering ladder's after its rung axis) is split over DATA; W and every optimizer leaf of W's shape (momentum,
   Adam moments) over DATA along Nh when `shard_weights`; the rest is
   replicated.
   """
@@ -64,7 +64,11 @@ def state_shardings(mesh, abstract_state, *, shard_weights: bool = False):
   def sharding(path, leaf):
     names = _path_names(path)
     if "chain" in names:
-      return NamedSharding(mesh, P(DATA))
+      if "parity" in names:  # a tempering ladder's scalar
+        return NamedSharding(mesh, P())
+      # A tempering ladder's chains are (rungs, chains, ...).
+      return NamedSharding(mesh, P(None, DATA) if "ladder" in names
+                           else P(DATA))
     if shard_weights and "W" in names and leaf.shape == w_shape:
       return NamedSharding(mesh, P(None, DATA))
     return NamedSharding(mesh, P())

@@ -104,6 +104,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          "exactly: set config.mh = True (or num_iterations = 1)")
   if config.visible != "bernoulli":
     fail("visible", "the runner trains on binarized images: use 'bernoulli'")
+  for field, low in (("k_ramp_every_steps", 0), ("num_chains", 0),
+                     ("tempering_rungs", 0), ("lr_decay_every_steps", 0)):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      fail(field, f"must be an integer >= {low}")
+  if config.tempering_rungs == 1:
+    fail("tempering_rungs", "must be 0 (off) or >= 2")
+  if config.tempering_rungs and not 0 < config.tempering_min_beta < 1:
+    fail("tempering_min_beta", "must be in (0, 1)")
+  if config.tempering_rungs and not config.persistent:
+    fail("tempering_rungs", "tempers persistent chains: set "
+         "config.persistent = True")
+  if config.tempering_rungs and config.mean_field_negative:
+    fail("mean_field_negative", "cannot be combined with tempering")
+  if config.lr_schedule not in LR_SCHEDULES:
+    fail("lr_schedule", f"must be one of {LR_SCHEDULES}")
+  if (config.lr_schedule in ("linear", "cosine")
+      and not 0 <= config.final_learning_rate <= config.learning_rate):
+    fail("final_learning_rate", "must be in [0, config.learning_rate]")
+  if config.lr_schedule == "step" and not config.lr_decay_every_steps:
+    fail("lr_decay_every_steps", "must be >= 1 with lr_schedule = 'step'")
+  if config.lr_schedule == "step" and not 0 < config.lr_decay_factor <= 1:
+    fail("lr_decay_factor", "must be in (0, 1]")
   if (isinstance(config.num_devices, bool)
       or not isinstance(config.num_devices, int) or config.num_devices < 0):
     fail("num_devices", "must be an integer >= 0 (0 = all devices)")
@@ -136,12 +159,53 @@ def make_routing(config) -> capsjax.Routing:
 
 
 def make_kernel(config) -> capsjax.Kernel:
-  """The negative phase's Markov kernel: MH-corrected (config.mh) or the
-  paper's alternation (config.reroute)."""
+  """The negative phase's Markov kernel: parallel tempering
+  (config.tempering_rungs), MH-corrected (config.mh) or the paper's
+  alternation (config.reroute)."""
   routing = make_routing(config)
+  if config.tempering_rungs:
+    return capsjax.tempering(routing, tempering_betas(config))
   if config.mh:
     return capsjax.mh(routing)
   return capsjax.gibbs(routing, reroute=config.reroute)
+
+
+def tempering_betas(config) -> tuple[float, ...]:
+  """The ladder: tempering_rungs betas evenly spaced up to exactly 1."""
+  betas = np.linspace(config.tempering_min_beta, 1.0, config.tempering_rungs)
+  return tuple(float(b) for b in betas[:-1]) + (1.0,)
+
+
+def cd_k(config, step: int) -> int:
+  """The number of Gibbs steps of update `step` (k_ramp_every_steps)."""
+  if not config.k_ramp_every_steps:
+    return config.k
+  return min(config.k, 1 + step // config.k_ramp_every_steps)
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+def lr_factor(config) -> optax.Schedule:
+  """The learning rate's multiplier at each update count: the schedule
+  relative to config.learning_rate, divided by the current k when
+  k_ramp_divides_lr."""
+  n, lr = config.num_steps, config.learning_rate
+  if config.lr_schedule == "linear":
+    decay = optax.linear_schedule(1.0, config.final_learning_rate / lr, n)
+  elif config.lr_schedule == "cosine":
+    decay = optax.cosine_decay_schedule(1.0, n,
+                                        config.final_learning_rate / lr)
+  elif config.lr_schedule == "step":
+    decay = optax.exponential_decay(1.0, config.lr_decay_every_steps,
+                                    config.lr_decay_factor, staircase=True)
+  else:
+    decay = lambda count: jnp.ones((), jnp.float32)
+  if not (config.k_ramp_every_steps and config.k_ramp_divides_lr):
+    return decay
+  every = config.k_ramp_every_steps
+  return lambda count: decay(count) / jnp.minimum(config.k,
+                                                  1 + count // every)
 
 
 def sampling_kernel(config, mh: bool = False) -> capsjax.Kernel:
@@ -165,7 +229,9 @@ def base_optimizer(config) -> optax.GradientTransformation:
                        weight_decay=config.weight_decay)
   else:
     base = capsjax.adam(config.learning_rate, weight_decay=config.weight_decay)
-  if not (config.grad_clip_norm or config.warmup_steps):
+  schedule = (config.lr_schedule != "constant"
+              or (config.k_ramp_every_steps and config.k_ramp_divides_lr))
+  if not (config.grad_clip_norm or config.warmup_steps or schedule):
     return base
   parts = [base]
   if config.grad_clip_norm:
@@ -174,6 +240,8 @@ def base_optimizer(config) -> optax.GradientTransformation:
     n = config.warmup_steps
     parts.append(optax.scale_by_schedule(
         lambda count: jnp.minimum(1.0, (count + 1.0) / n)))
+  if schedule:  # after the base, like warm-up: it scales Adam's steps too
+    parts.append(optax.scale_by_schedule(lr_factor(config)))
   return optax.chain(*parts)
 
 
@@ -190,9 +258,10 @@ def learning_rate(opt_state) -> jax.Array:
   return optax.tree_utils.tree_get(opt_state, "learning_rate")
 
 
-def cd_options(config) -> dict:
-  """`capsjax.train_step`'s keywords besides the optimizer."""
-  return dict(kernel=make_kernel(config), k=config.k,
+def cd_options(config, k=None) -> dict:
+  """`capsjax.train_step`'s keywords besides the optimizer (k: config.k
+  unless given)."""
+  return dict(kernel=make_kernel(config), k=config.k if k is None else k,
               through_routing=config.through_routing,
               mean_field_negative=config.mean_field_negative)
 
@@ -337,7 +406,9 @@ def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
   chain = None
   if config.persistent:
     # PCD chains start at binarized training images.
-    v0 = to_capsules(config, train_grey[:config.batch_size], keys["chains"])
+    n = config.num_chains or config.batch_size
+    v0 = to_capsules(config, train_grey[np.arange(n) % len(train_grey)],
+                     keys["chains"])
     chain = make_kernel(config).init(params, v0)
   return capsjax.init_train_state(params, optimizer, chain=chain)
 
@@ -387,9 +458,12 @@ def check_workdir_config(config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     saved = load_config(workdir)
+    resumable = set(RESUMABLE_FIELDS)
+    if config.lr_schedule in ("linear", "cosine"):
+      resumable.remove("num_steps")  # the decay runs over num_steps
     diffs = [f"{k}: {saved.get(k)!r} in the workdir, {v!r} now"
              for k, v in config.items()
-             if k not in RESUMABLE_FIELDS and saved.get(k) != v]
+             if k not in resumable and saved.get(k) != v]
     if diffs:
       raise ConfigError(
           f"workdir {workdir} was written by an incompatible config ("
@@ -483,8 +557,8 @@ def data_parallel_devices(config) -> int:
   """The number of devices the batch is split over, checked.
 
   Raises ConfigError when config.num_devices exceeds the devices JAX sees,
-  leaves some out on several hosts, or does not divide the batch (or Nh,
-  with config.shard_weights).
+  leaves some out on several hosts, or does not divide the batch, the
+  persistent chains (or Nh, with config.shard_weights).
   """
   available = jax.device_count()
   n = config.num_devices or available
@@ -498,6 +572,9 @@ def data_parallel_devices(config) -> int:
                       f"every device ({where}); set 0")
   if config.batch_size % n:
     raise ConfigError(f"config.batch_size = {config.batch_size} must be a "
+                      f"multiple of the {n} data-parallel devices")
+  if config.persistent and config.num_chains % n:
+    raise ConfigError(f"config.num_chains = {config.num_chains} must be a "
                       f"multiple of the {n} data-parallel devices")
   if config.shard_weights and config.num_hidden_capsules % n:
     raise ConfigError(
@@ -551,8 +628,10 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict,
 # Steps, evaluation and samples.
 
 
-def make_update(config, optimizer, shardings: sharding_lib.Shardings):
-  """The jitted update: binarize the grey batch, then one CD step.
+def make_update(config, optimizer, shardings: sharding_lib.Shardings,
+                k=None):
+  """The jitted update: binarize the grey batch, then one CD-k step (k:
+  config.k unless given; each k compiles its own).
 
   `update(state, grey_batch)` takes the batch as made by `train_batch` and
   a state on any devices (it is moved to `shardings.state` first, a no-op
@@ -561,7 +640,7 @@ def make_update(config, optimizer, shardings: sharding_lib.Shardings):
   step started from) and the finiteness flags.
   """
   keys = _keys(config)
-  options = cd_options(config)
+  options = cd_options(config, k)
   kernel = options["kernel"]
   step_fn = functools.partial(capsjax.train_step, optimizer=optimizer,
                               **options)
@@ -839,7 +918,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   is_main = jax.process_index() == 0
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  update = make_update(config, optimizer, shardings)
+  updates = {}  # k -> its compiled update (k_ramp_every_steps)
   evaluate = make_evaluate(config)
   sampler = make_sampler(config)
   keys = _keys(config)
@@ -859,7 +938,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       step = start
       while step < config.num_steps:
         batch = train_batch(config, data.train, step, shardings)
-        new_state, monitors, finite = update(state, batch)
+        k = cd_k(config, step)
+        if k not in updates:
+          updates[k] = make_update(config, optimizer, shardings, k)
+        new_state, monitors, finite = updates[k](state, batch)
         # Checked before anything is written: a non-finite state never reaches
         # a checkpoint, and the error names the update that produced it.
         try:
@@ -886,8 +968,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         step = done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_steps:
           means = {f"train_{k}": v / num_logged for k, v in train_sums.items()}
-          lr = learning_rate(state.opt_state)
-          writer.write_scalars(done, means | {"learning_rate": lr,
+          # The rate of the last update: the base times the schedule's factor.
+          lr = learning_rate(state.opt_state) * lr_factor(config)(done - 1)
+          writer.write_scalars(done, means | {"learning_rate": lr, "cd_k": k,
                                               "rollbacks": rollbacks})
           train_sums, num_logged = None, 0
         evaluating = (done % config.eval_every_steps == 0

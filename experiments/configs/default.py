@@ -51,7 +51,19 @@ def get_config():
   config.weight_scale = "num_hidden_capsules"
   # Contrastive divergence.
   config.k = 1
+  # CD-k with k ramped over training (Salakhutdinov & Murray 2008: one more
+  # Gibbs step every 10 epochs): k = min(config.k, 1 + step //
+  # k_ramp_every_steps); 0 = k constant. k_ramp_divides_lr: the learning
+  # rate is divided by the current k, as in their code.
+  config.k_ramp_every_steps = 0
+  config.k_ramp_divides_lr = False
   config.persistent = True     # PCD: chains carry over between updates
+  config.num_chains = 0        # persistent chains; 0 = batch_size
+  # Parallel tempering of the persistent chains (capsjax.tempering):
+  # tempering_rungs inverse temperatures evenly spaced from
+  # tempering_min_beta to 1; 0 = off (plain Gibbs / MH chains).
+  config.tempering_rungs = 0
+  config.tempering_min_beta = 0.5
   config.mh = False
   config.reroute = True
   config.through_routing = False
@@ -67,6 +79,15 @@ def get_config():
   # the step linearly from 1/warmup_steps to 1 over the first updates.
   config.grad_clip_norm = 0.0
   config.warmup_steps = 0
+  # Learning-rate schedule over num_steps: "constant", "linear" or
+  # "cosine" decay to final_learning_rate, or "step": times lr_decay_factor
+  # every lr_decay_every_steps. It multiplies the rate (so a roll-back's
+  # reduction of config.learning_rate carries over). Linear and cosine
+  # decay run over num_steps, which a resumed run then may not change.
+  config.lr_schedule = "constant"
+  config.final_learning_rate = 0.0
+  config.lr_decay_every_steps = 0
+  config.lr_decay_factor = 0.1
   config.batch_size = 100
   config.num_steps = 3_000     # total number of CD updates
   config.seed = 0
