@@ -8,14 +8,17 @@ the caller jits. See docs/api.md and the specification (MODEL.md).
 
 from capsjax.cd import CDInfo
 from capsjax.cd import CDMonitors
+from capsjax.cd import ParamsEMAState
 from capsjax.cd import TrainState
 from capsjax.cd import adam
 from capsjax.cd import cd_gradient
 from capsjax.cd import cd_monitors
 from capsjax.cd import effective_weights
+from capsjax.cd import ema_params
 from capsjax.cd import init_params
 from capsjax.cd import init_train_state
 from capsjax.cd import momentum_schedule
+from capsjax.cd import params_ema
 from capsjax.cd import sgd
 from capsjax.cd import train_step
 from capsjax.cd import visible_bias_from_data

@@ -72,7 +72,7 @@ def main(argv):
   test_v = evaluation.binarize_capsules(config, d.test, keys["test"], bs)
   bias = evaluation.base_bias(config, d.train, keys["base"], bs)
   rows = evaluation.ais_estimates(
-      state.params, train_lib.make_routing(config), test_v, bias,
+      train_lib.model_params(config, state), train_lib.make_routing(config), test_v, bias,
       schedules=_SCHEDULES.value, num_betas=num_betas, seeds=_SEEDS.value,
       num_runs=_NUM_RUNS.value, batch_size=bs)
   out = _OUT.value or os.path.join(_WORKDIR.value, "ais_reliability")

@@ -176,7 +176,7 @@ def _layer(workdir: str, step, rounds: int) -> FrontEnd:
   except train_lib.ConfigError as e:
     raise _config_error("lower_workdir", workdir, str(e)) from None
   lower = get(lower_config)
-  params = jax.device_get(state.params)
+  params = jax.device_get(train_lib.model_params(lower_config, state))
   routing = train_lib.make_routing(lower_config)
   nh, dh = params["b"].shape
 

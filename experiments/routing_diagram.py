@@ -417,7 +417,7 @@ def run(workdir: str, index: int, out: str, *, split: str = "test",
   step = int(state.step)
   title = (f"{config.dataset} {split} image {index} (label {label}), "
            f"routed by {workdir}")
-  figure = routing_figure(config, state.params, grey, jax.random.key(seed),
+  figure = routing_figure(config, train_lib.model_params(config, state), grey, jax.random.key(seed),
                           title=title, step=step)
   try:
     save_png(out, figure)

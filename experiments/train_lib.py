@@ -118,6 +118,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          "config.persistent = True")
   if config.tempering_rungs and config.mean_field_negative:
     fail("mean_field_negative", "cannot be combined with tempering")
+  if not 0 <= config.ema_decay < 1:
+    fail("ema_decay", "must be in [0, 1) (0 = no average)")
   if config.lr_schedule not in LR_SCHEDULES:
     fail("lr_schedule", f"must be one of {LR_SCHEDULES}")
   if (config.lr_schedule in ("linear", "cosine")
@@ -249,8 +251,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """`base_optimizer` on the effective weights `W / weight_scale(config)`
   (`capsjax.effective_weights`; its state is the base optimizer's). Read
   the learning rate with `learning_rate(opt_state)`."""
-  return capsjax.effective_weights(base_optimizer(config),
-                                   weight_scale(config))
+  optimizer = capsjax.effective_weights(base_optimizer(config),
+                                        weight_scale(config))
+  if config.ema_decay:
+    optimizer = capsjax.params_ema(optimizer, config.ema_decay)
+  return optimizer
+
+
+def model_params(config, state: capsjax.TrainState):
+  """The parameters a run reports as its model: the moving average when
+  config.ema_decay, else the last iterate."""
+  if config.ema_decay:
+    return capsjax.ema_params(state.opt_state)
+  return state.params
 
 
 def learning_rate(opt_state) -> jax.Array:
@@ -980,7 +993,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if evaluating or sampling:
           # Process 0 evaluates and samples one copy of the parameters on
           # one device (gathering them is a collective: every process).
-          params = jax.device_put(sharding_lib.to_host(state.params))
+          params = jax.device_put(sharding_lib.to_host(
+              model_params(config, state)))
         if is_main and evaluating:
           pll_key = jax.random.fold_in(keys["pll"], done)
           writer.write_scalars(done, evaluate(params, train_eval_v,

@@ -8,6 +8,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import capsjax
@@ -129,3 +130,45 @@ def test_a_schedule_over_num_steps_fixes_num_steps(data_dir, tmp_path):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_params_ema_against_a_plain_loop():
+  """capsjax.params_ema: the wrapped optimizer's updates unchanged, and
+  ema_n = d ema_{n-1} + (1 - d) params_n from ema_0 = params_0."""
+  decay = 0.8
+  inner = capsjax.effective_weights(capsjax.sgd(0.1, momentum=0.5), 4.0)
+  opt = capsjax.params_ema(inner, decay)
+  rng = np.random.default_rng(0)
+  params = {"W": jnp.asarray(rng.normal(size=(2, 3, 1, 2)), jnp.float32),
+            "a": jnp.zeros((2, 2)), "b": jnp.ones((3, 1))}
+  state, inner_state = opt.init(params), inner.init(params)
+  plain, ema = params, jax.tree.map(np.asarray, params)
+  for n in range(5):
+    grads = jax.tree.map(
+        lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+    updates, state = opt.update(grads, state, params)
+    want, inner_state = inner.update(grads, inner_state, plain)
+    for name in params:
+      np.testing.assert_array_equal(updates[name], want[name])
+    params = plain = optax.apply_updates(params, updates)
+    ema = {k: decay * ema[k] + (1 - decay) * np.asarray(params[k])
+           for k in ema}
+  for name in ema:
+    np.testing.assert_allclose(capsjax.ema_params(state)[name], ema[name],
+                               rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="decay"):
+    capsjax.params_ema(inner, 1.0)
+
+
+def test_the_moving_average_is_the_reported_model(data_dir, tmp_path):
+  config = tiny_config(data_dir, ema_decay=0.9, num_steps=10)
+  state = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  average = train_lib.model_params(config, state)
+  assert not np.allclose(average["W"], state.params["W"])
+  config2, restored = train_lib.load_run(str(tmp_path / "run"))
+  for name in ("W", "a", "b"):
+    np.testing.assert_array_equal(train_lib.model_params(config2, restored)
+                                  [name], average[name])
+  np.testing.assert_array_equal(
+      train_lib.model_params(tiny_config(data_dir), state)["W"],
+      state.params["W"])

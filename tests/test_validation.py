@@ -64,7 +64,7 @@ MH = capsjax.mh(Routing(3))
      r"kernel; got int"),
     (lambda p: capsjax.cd_gradient(jax.random.key(0), p, V, kernel=MH,
                                    mean_field_negative=True),
-     r"mean_field_negative is not compatible with an MH kernel"),
+     r"mean_field_negative needs a Gibbs kernel"),
     (lambda p: capsjax.cd_gradient(jax.random.key(0), p, V, kernel=GIBBS,
                                    through_routing=True),
      r"through_routing=True needs a kernel that samples the routed model "

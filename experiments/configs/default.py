@@ -84,6 +84,9 @@ def get_config():
   # every lr_decay_every_steps. It multiplies the rate (so a roll-back's
   # reduction of config.learning_rate carries over). Linear and cosine
   # decay run over num_steps, which a resumed run then may not change.
+  # Exponential moving average of the parameters (capsjax.params_ema),
+  # the model that evaluation, samples and stacking use; 0 = off.
+  config.ema_decay = 0.0
   config.lr_schedule = "constant"
   config.final_learning_rate = 0.0
   config.lr_decay_every_steps = 0
