@@ -7,7 +7,10 @@ r"""Evaluates a training workdir's latest checkpoint on the test set.
 Writes eval.json and eval.md (a markdown table) under --out: the test
 log-likelihood in nats (AIS log Z from the data-marginal base model;
 --ais=quick is 1,000 betas x 32 runs, --ais=full the literature's 14,500 x
-100), the one-pass reconstruction error, a linear probe's test accuracy and
+100), beside it reverse AIS (RAISE: a conservative estimate, one chain per
+example on a seeded random subset of --reverse_ais_examples test examples,
+flagged when it and forward AIS differ by more than 3 nats on that subset),
+the one-pass reconstruction error, a linear probe's test accuracy and
 k-means clustering accuracy on the hidden probabilities, and with
 --classifier_workdir (a classifier from `python -m
 experiments.train_classifier`) the Fréchet distance between
@@ -58,6 +61,11 @@ _FD_STEPS = flags.DEFINE_integer("frechet_steps", 1_000, "Gibbs steps of each "
                                  "sampling chain.", lower_bound=1)
 _FD_MH = flags.DEFINE_bool("frechet_mh", False, "MH-corrected sampling "
                            "chains.")
+_REVERSE = flags.DEFINE_integer(
+    "reverse_ais_examples", None, "Test examples (a seeded random subset) of "
+    "reverse AIS, one chain each, with the AIS preset's betas and base model "
+    "(default: 500 for an unrouted layer, 100 for a routed one; 0: skip).",
+    lower_bound=0)
 
 
 def main(argv):
@@ -78,8 +86,9 @@ def main(argv):
       probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
       batch_size=_BATCH.value, seed=_SEED.value,
       frechet_samples=_FD_SAMPLES.value, frechet_steps=_FD_STEPS.value,
-      frechet_mh=_FD_MH.value)
-  results = evaluation.evaluate(config, int(state.step), state.params, d,
+      frechet_mh=_FD_MH.value, reverse_ais_examples=_REVERSE.value)
+  results = evaluation.evaluate(config, int(state.step),
+                                train_lib.model_params(config, state), d,
                                 settings, classifier=clf)
   out = _OUT.value or os.path.join(workdir, "eval")
   paths = evaluation.write(results, out, title=f"Evaluation of {workdir}")

@@ -12,7 +12,11 @@ with
   - with a classifier (experiments/classifier.py), the Fréchet distance
     between model samples and the binarized test set on its features, and
     its floor: the distance of as many binarized training images
-    (experiments/frechet.py);
+    (experiments/frechet.py), and the diversity of those samples: the
+    classifier's class histogram, its entropy and the classes above 3%;
+  - reverse AIS (RAISE) on a seeded random subset of the test set, beside
+    forward AIS's mean over the same examples, flagged when they disagree
+    by more than 3 nats;
 and the run's metadata. `to_markdown` renders it as a table.
 
 Every binarization and chain is drawn from `seed`, so two evaluations of the
@@ -139,6 +143,85 @@ def run_ais(key, params, routing: capsjax.Routing, bias, *, num_betas: int,
 
 
 ess_threshold = capsjax.ess_threshold
+
+
+# Reverse AIS (RAISE, capsjax.reverse_ais): one chain per example on a random
+# subset of the test set, this many examples by default (a routed layer's
+# MH chains cost more per step).
+REVERSE_AIS_EXAMPLES = {"unrouted": 500, "routed": 100}
+# Forward and reverse AIS bracket the log-likelihood (forward overestimates
+# it when log Z is underestimated, reverse is conservative): a gap wider
+# than this many nats between their means over the same subset is flagged.
+REVERSE_AIS_TOLERANCE = 3.0
+
+
+@functools.partial(jax.jit, static_argnums=3,
+                   static_argnames=("num_betas",))
+def _reverse_ais_batch(key, params, v, routing, bias, *, num_betas):
+  return capsjax.reverse_ais(key, params, v, routing, num_betas=num_betas,
+                             base_bias=bias)
+
+
+def reverse_ais_subset(key, num_test: int, num_examples: int) -> np.ndarray:
+  """Sorted indices of a random subset of `num_examples` test examples
+  (all of them when fewer), drawn from `key`."""
+  perm = np.asarray(jax.random.permutation(key, num_test))
+  return np.sort(perm[:min(num_examples, num_test)])
+
+
+def reverse_ais_log_probs(key, params, v: np.ndarray,
+                          routing: capsjax.Routing, bias, *, num_betas: int,
+                          batch_size: int) -> tuple[np.ndarray, float]:
+  """RAISE estimates of log p(v) (N,), one chain per example, and the mean
+  MH acceptance. Batches of `batch_size` (the last padded with zeros,
+  whose chains are dropped); batch i runs from fold_in(key, i)."""
+  batch_size = min(batch_size, len(v))
+  out, rates = [], []
+  for i, start in enumerate(range(0, len(v), batch_size)):
+    batch = v[start:start + batch_size]
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate(
+          [batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)])
+    result = _reverse_ais_batch(jax.random.fold_in(key, i), params, batch,
+                                routing, bias, num_betas=num_betas)
+    out.append(np.asarray(result.log_prob)[:n])
+    rates.append(float(result.acceptance_rate))
+  return np.concatenate(out), float(np.mean(rates))
+
+
+def mean_and_sem(x) -> tuple[float, float]:
+  """Mean and its standard error std(x, ddof=1) / sqrt(n) (0 for n = 1)."""
+  x = np.asarray(x, np.float64)
+  sem = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+  return float(np.mean(x)), sem
+
+
+def reverse_ais_report(reverse_log_p, forward_log_p, *, indices,
+                       num_betas: int, acceptance_rate: float,
+                       tolerance: float = REVERSE_AIS_TOLERANCE) -> dict:
+  """The reverse-AIS fields of eval.json: RAISE's mean log-likelihood over
+  the subset with its standard error, forward AIS's mean over the same
+  examples, and whether the two disagree by more than `tolerance` nats."""
+  mean, sem = mean_and_sem(reverse_log_p)
+  forward_mean, forward_sem = mean_and_sem(forward_log_p)
+  gap = forward_mean - mean
+  return {
+      "computed": True,
+      "test_log_prob_mean": mean,
+      "test_log_prob_sem": sem,
+      "num_examples": int(len(reverse_log_p)),
+      "forward_test_log_prob_mean": forward_mean,
+      "forward_test_log_prob_sem": forward_sem,
+      "forward_minus_reverse": gap,
+      "tolerance_nats": tolerance,
+      "disagree": bool(abs(gap) > tolerance),
+      "num_betas": num_betas,
+      "acceptance_rate": acceptance_rate,
+      "subset": "a random subset of the binarized test set (seeded by "
+                "--seed), one reverse chain per example",
+      "subset_indices_head": [int(i) for i in np.asarray(indices)[:10]],
+  }
 
 
 # Per-batch kernels. Params are arguments, not closed-over constants, so one
@@ -268,7 +351,9 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
     return frechet.feature_stats(classifier.features(to_images(v)))
 
   test_stats = timed("frechet_features_test", stats, test_v)
-  model_stats = timed("frechet_features_samples", stats, samples)
+  sample_features = timed("frechet_features_samples", classifier.features,
+                          to_images(samples))
+  model_stats = frechet.feature_stats(sample_features)
   floor_stats = timed("frechet_features_train", stats, train_v)
   info = classifier.info
   if _family(info["config"]["dataset"]) != _family(config.dataset):
@@ -288,8 +373,54 @@ def frechet_measures(key, config, params, train_grey: np.ndarray,
       "sample_acceptance_rate": acceptance,
       "samples": "binary states after the last step of chains started at "
                  "Bernoulli(data marginals)",
+      "diversity": sample_diversity(classifier, sample_features),
       "classifier": _classifier_summary(classifier.info),
   }
+
+
+# Sample diversity: a class counts as present when more than this fraction
+# of the samples fall in it.
+DIVERSITY_THRESHOLD = 0.03
+
+
+def class_diversity(histogram, threshold: float = DIVERSITY_THRESHOLD
+                    ) -> dict:
+  """Entropy in nats of a class histogram (counts), and the number of
+  classes holding more than `threshold` of it. Uniform over 10 classes:
+  log 10 = 2.303 nats and 10 classes; one class: 0 and 1."""
+  counts = np.asarray(histogram, np.float64)
+  if counts.ndim != 1 or counts.size == 0 or np.any(counts < 0) or (
+      counts.sum() <= 0):
+    raise ValueError(f"histogram must be a non-empty vector of counts, not "
+                     f"all zero; got {histogram!r}")
+  p = counts / counts.sum()
+  nonzero = p[p > 0]
+  return {"entropy_nats": float(-np.sum(nonzero * np.log(nonzero))),
+          "max_entropy_nats": float(np.log(len(p))),
+          "classes_above_threshold": int(np.sum(p > threshold)),
+          "threshold": threshold}
+
+
+def classify(classifier: classifier_lib.Loaded, features) -> np.ndarray:
+  """Predicted classes (N,) from the classifier's penultimate `features`
+  (N, F) (`classifier.features(images)`): argmax of its logits."""
+  logits = classifier.model.head(jnp.asarray(features, jnp.float32))
+  return np.asarray(jnp.argmax(logits, axis=-1))
+
+
+def sample_diversity(classifier: classifier_lib.Loaded, features) -> dict:
+  """The class histogram of samples (by their classifier `features`), its
+  entropy and the classes above `DIVERSITY_THRESHOLD` (`class_diversity`).
+  A `Loaded` without a network (features alone) cannot classify: not
+  computed."""
+  if getattr(classifier.model, "head", None) is None:
+    return {"computed": False,
+            "note": "the feature classifier has no class head"}
+  histogram = np.bincount(classify(classifier, features),
+                          minlength=classifier_lib.NUM_CLASSES)
+  return {"computed": True,
+          "class_histogram": [int(c) for c in histogram],
+          **class_diversity(histogram)}
 
 
 def _classifier_summary(info: dict) -> dict:
@@ -348,7 +479,9 @@ def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
   decode = functools.partial(front_ends.to_numpy_images, front_end,
                              batch_size=bs)
   test_stats = timed("frechet_features_test", stats, test_grey)
-  model_stats = timed("frechet_features_samples", stats, decode(samples))
+  sample_features = timed("frechet_features_samples", classifier.features,
+                          decode(samples))
+  model_stats = frechet.feature_stats(sample_features)
   floor_stats = timed("frechet_features_train", stats, train_grey[subset])
   fe_stats = timed("frechet_features_front_end", stats, decode(train_v))
   return {
@@ -367,6 +500,7 @@ def _decoded_frechet_measures(sample_key, subset_key, binarize_key, config,
                  "Bernoulli(data marginals), decoded to grey images by the "
                  f"front end ({front_end.description}); compared with grey "
                  "test images",
+      "diversity": sample_diversity(classifier, sample_features),
       "classifier": _classifier_summary(classifier.info),
   }
 
@@ -386,7 +520,9 @@ class Settings(NamedTuple):
   frechet_samples: int = 10_000  # model samples (and floor train images)
   frechet_steps: int = 1_000     # Gibbs steps per chain
   frechet_mh: bool = False       # MH-corrected chains
-
+  # Test examples of reverse AIS; None: REVERSE_AIS_EXAMPLES by routing;
+  # 0: skip it.
+  reverse_ais_examples: int | None = None
 
 
 def ais_size(settings: Settings) -> tuple[int, int]:
@@ -395,6 +531,23 @@ def ais_size(settings: Settings) -> tuple[int, int]:
                      f"{settings.ais!r}")
   betas, runs = AIS_PRESETS[settings.ais]
   return settings.num_betas or betas, settings.num_runs or runs
+
+
+def reverse_ais_size(settings: Settings, routing: capsjax.Routing) -> int:
+  if settings.reverse_ais_examples is not None:
+    if settings.reverse_ais_examples < 0:
+      raise ValueError("reverse_ais_examples must be >= 0; got "
+                       f"{settings.reverse_ais_examples}")
+    return settings.reverse_ais_examples
+  return REVERSE_AIS_EXAMPLES["routed" if routing.routed else "unrouted"]
+
+
+def reverse_ais_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(subset key, chains key) of reverse AIS: a stream of its own, so the
+  other measures keep their keys."""
+  subset_key, chain_key = jax.random.split(
+      jax.random.fold_in(jax.random.key(seed), 5))
+  return subset_key, chain_key
 
 
 def evaluation_keys(seed: int) -> dict:
@@ -443,6 +596,29 @@ def evaluate(config, step: int, params, data: train_lib.Data,
         "test_log_prob_sem": float(np.std(log_p, ddof=1) / np.sqrt(n_test)),
         **ais,
     }
+    n_reverse = reverse_ais_size(settings, r)
+    if n_reverse:
+      subset_key, chain_key = reverse_ais_keys(settings.seed)
+      subset = reverse_ais_subset(subset_key, n_test, n_reverse)
+      logging.info("Reverse AIS with %d betas on %d test examples",
+                   num_betas, len(subset))
+      reverse_log_p, reverse_rate = timed(
+          "reverse_ais", reverse_ais_log_probs, chain_key, params,
+          test_v[subset], r, bias, num_betas=num_betas, batch_size=bs)
+      reverse = reverse_ais_report(reverse_log_p, log_p[subset],
+                                   indices=subset, num_betas=num_betas,
+                                   acceptance_rate=reverse_rate)
+      if reverse["disagree"]:
+        logging.warning(
+            "Forward AIS (%.2f) and reverse AIS (%.2f) disagree by %.2f nats "
+            "on the same %d test examples (more than %.0f): the forward "
+            "estimate is unreliable; anneal longer (--ais=full or "
+            "--num_betas)", reverse["forward_test_log_prob_mean"],
+            reverse["test_log_prob_mean"], reverse["forward_minus_reverse"],
+            reverse["num_examples"], REVERSE_AIS_TOLERANCE)
+    else:
+      reverse = {"computed": False, "note": "--reverse_ais_examples=0"}
+    log_likelihood["reverse_ais"] = reverse
   else:
     log_likelihood = {"computed": False, "note": NOT_PIXEL_SPACE}
   recon = timed("reconstruction", reconstruction_errors, params, test_v, r, bs)
@@ -476,6 +652,9 @@ def evaluate(config, step: int, params, data: train_lib.Data,
       "settings": {"ais": settings.ais, "num_betas": num_betas,
                    "num_runs": num_runs, "beta_schedule": "piecewise",
                    "min_ess": ess_threshold(num_runs),
+                   "reverse_ais_examples": (
+                       log_likelihood.get("reverse_ais", {}).get(
+                           "num_examples", 0)),
                    "base_model": "data marginals of the binarized train split",
                    "probe_train_examples": n_probe,
                    "num_clusters": settings.num_clusters,
@@ -513,6 +692,23 @@ def _log_z_cell(ll: dict, num_runs: int) -> str:
   return f"{ll['log_z']:.2f} ± {ll['log_z_std']:.2f} ({diagnostics})"
 
 
+def _reverse_ais_cell(rev: dict, forward_reliable: bool) -> str:
+  if not rev.get("computed"):
+    return "not computed (" + rev.get("note", "") + ")"
+  cell = (f"{rev['test_log_prob_mean']:.2f} ± {rev['test_log_prob_sem']:.2f} "
+          f"on {rev['num_examples']} test examples")
+  if not forward_reliable:  # a degenerate forward estimate is not printed
+    return cell + " (forward AIS degenerate: not compared)"
+  cell += (f" (forward AIS on the same examples: "
+           f"{rev['forward_test_log_prob_mean']:.2f})")
+  if rev["disagree"]:
+    cell += (f" **WARNING: forward and reverse differ by "
+             f"{rev['forward_minus_reverse']:.2f} nats (> "
+             f"{rev['tolerance_nats']:.0f}): forward AIS is not to be "
+             "trusted**")
+  return cell
+
+
 def _frechet_cell(fd: dict | None) -> str:
   if not fd or not fd.get("computed"):
     return "not computed (" + (fd or {}).get("note", FRECHET_HINT) + ")"
@@ -522,6 +718,18 @@ def _frechet_cell(fd: dict | None) -> str:
             f"capsules vs test {fd['floor_front_end']:.2f})")
   return (f"{fd['distance']:.2f} (floor, binarized train vs test: "
           f"{fd['floor_train_vs_test']:.2f})")
+
+
+def _diversity_cell(fd: dict | None) -> str:
+  if not fd or not fd.get("computed") or "diversity" not in fd:
+    return "not computed (needs the Fréchet classifier: " + FRECHET_HINT + ")"
+  d = fd["diversity"]
+  if not d.get("computed"):
+    return "not computed (" + d["note"] + ")"
+  return (f"entropy {d['entropy_nats']:.3f} nats (uniform "
+          f"{d['max_entropy_nats']:.3f}), {d['classes_above_threshold']} "
+          f"classes above {100 * d['threshold']:.0f}%; histogram "
+          f"{d['class_histogram']}")
 
 
 def _frechet_notes(fd: dict | None) -> list[str]:
@@ -555,6 +763,9 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
   rows = [
       ("test log-likelihood (nats)", _log_likelihood_cell(ll)),
       ("AIS log Z", _log_z_cell(ll, s["num_runs"])),
+      *([("reverse AIS test log-likelihood (nats; conservative)",
+          _reverse_ais_cell(ll["reverse_ais"], ll["reliable"]))]
+        if "reverse_ais" in ll else []),
       ("test reconstruction error (per-pixel MSE)"
        if ll.get("computed", True) else
        "test reconstruction error (MSE per visible unit: "
@@ -567,6 +778,8 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
        f"{results['clustering_accuracy']:.4f}"),
       ("Fréchet distance, samples vs test (classifier features)",
        _frechet_cell(results.get("frechet"))),
+      ("sample diversity (classifier's classes of the Fréchet samples)",
+       _diversity_cell(results.get("frechet"))),
   ]
   run = ", ".join(f"{k}={cfg[k]}" for k in RUN_FIELDS if k in cfg)
   times = ", ".join(f"{k} {v:.1f} s" for k, v in results["wall_time_s"].items())
@@ -581,6 +794,13 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
       f"AIS: {s['ais']}, {s['num_betas']} betas x {s['num_runs']} runs, "
       f"{s['beta_schedule']} schedule, base model: {s['base_model']}; "
       f"flagged degenerate below ESS {s['min_ess']:.1f}.", "",
+      *([f"Reverse AIS (RAISE, Burda et al. 2015): one chain per example on "
+         f"a seeded random subset of {ll['reverse_ais']['num_examples']} "
+         f"test examples, {ll['reverse_ais']['num_betas']} betas, the same "
+         "base model and schedule; ± is the standard error over examples. "
+         "It is biased low, forward AIS tends high: a gap over "
+         f"{ll['reverse_ais']['tolerance_nats']:.0f} nats is flagged.", ""]
+        if ll.get("reverse_ais", {}).get("computed") else []),
       *_frechet_notes(results.get("frechet")),
       f"Run: {run}.", "",
       f"Wall time: {times}.", "",

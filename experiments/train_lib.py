@@ -789,8 +789,9 @@ def make_evaluate(config):
   return evaluate
 
 
-def make_sampler(config, mh: bool = False):
-  """Jitted `(params, key, marginals) -> (sample means, acceptance rate)`.
+def make_sampler(config, mh: bool = False, states: bool = False):
+  """Jitted `(params, key, marginals) -> (sample means, acceptance rate)`,
+  or `(binary states, means, acceptance rate)` with `states`.
 
   `config.num_samples` chains start from the data marginals and run
   `config.sample_steps` Gibbs steps with routing (MH-corrected if `mh`).
@@ -803,9 +804,10 @@ def make_sampler(config, mh: bool = False):
     v0 = jax.random.bernoulli(init_key, marginals,
                               (config.num_samples,) + marginals.shape)
     state = kernel.init(params, v0.astype(params["W"].dtype))
-    _, info = capsjax.run_chain(run_key, kernel, state, params,
-                                config.sample_steps)
-    return info.last.visible_mean, jnp.mean(info.acceptance_rate)
+    state, info = capsjax.run_chain(run_key, kernel, state, params,
+                                    config.sample_steps)
+    out = (info.last.visible_mean, jnp.mean(info.acceptance_rate))
+    return (state.v,) + out if states else out
 
   return sample
 

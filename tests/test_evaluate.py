@@ -1,13 +1,18 @@
 """The evaluation command: measures on a tiny trained run, the CLI, errors."""
 
+import itertools
 import json
 import math
 import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import capsjax
 
 from experiments import evaluation
 from experiments import train_lib
@@ -21,7 +26,12 @@ TOP_KEYS = {"step", "num_test_examples", "log_likelihood",
             "clustering_accuracy", "frechet", "settings", "config",
             "wall_time_s", "platform"}
 LL_KEYS = {"test_log_prob_mean", "test_log_prob_sem", "log_z", "log_z_std",
-           "log_z_base", "ess", "acceptance_rate", "reliable"}
+           "log_z_base", "ess", "acceptance_rate", "reliable", "reverse_ais"}
+REVERSE_KEYS = {"computed", "test_log_prob_mean", "test_log_prob_sem",
+                "num_examples", "forward_test_log_prob_mean",
+                "forward_test_log_prob_sem", "forward_minus_reverse",
+                "tolerance_nats", "disagree", "num_betas", "acceptance_rate",
+                "subset", "subset_indices_head"}
 
 
 def tiny_config(data_dir, **overrides):
@@ -43,6 +53,20 @@ def _check_results(results, num_runs):
   assert 1 <= ll["ess"] <= num_runs + 1e-3
   assert 0 <= ll["acceptance_rate"] <= 1
   assert ll["reliable"] == (ll["ess"] >= evaluation.ess_threshold(num_runs))
+  rev = ll["reverse_ais"]
+  assert set(rev) == REVERSE_KEYS and rev["computed"]
+  # The tiny run is unrouted: 500 test examples by default.
+  assert rev["num_examples"] == results["settings"]["reverse_ais_examples"]
+  assert rev["num_betas"] == results["settings"]["num_betas"]
+  for k in ("test_log_prob_mean", "test_log_prob_sem",
+            "forward_test_log_prob_mean", "forward_minus_reverse"):
+    assert np.isfinite(rev[k]), k
+  assert -784 * math.log(2) < rev["test_log_prob_mean"] < 0
+  assert rev["test_log_prob_sem"] > 0
+  assert rev["forward_minus_reverse"] == pytest.approx(
+      rev["forward_test_log_prob_mean"] - rev["test_log_prob_mean"])
+  assert rev["disagree"] == (abs(rev["forward_minus_reverse"]) > 3.0)
+  assert rev["acceptance_rate"] == 1.0  # unrouted: exact Gibbs steps
   assert 0 < results["reconstruction_error"] < 0.25
   assert 0.1 < results["linear_probe_accuracy"] <= 1  # above chance
   assert 0.1 <= results["clustering_accuracy"] <= 1
@@ -52,6 +76,33 @@ def _check_results(results, num_runs):
   assert results["settings"]["num_runs"] == num_runs
   assert results["platform"]["jax_backend"]
   assert all(t >= 0 for t in results["wall_time_s"].values())
+
+
+def _check_reverse_ais_against_exact(config, params, data, results,
+                                     settings):
+  """The tiny layer (16 hidden neurons, unrouted) has an exact log Z: on the
+  reverse-AIS subset, recomputed from the seed, forward AIS's mean is the
+  mean of log p with AIS's log Z, and RAISE, conservative, is at most the
+  exact mean log p plus 3 standard errors."""
+  r = train_lib.make_routing(config)
+  assert not r.routed
+  rev = results["log_likelihood"]["reverse_ais"]
+  keys = evaluation.evaluation_keys(settings.seed)
+  test_v = evaluation.binarize_capsules(config, data.test, keys["test"],
+                                        settings.batch_size)
+  subset_key, _ = evaluation.reverse_ais_keys(settings.seed)
+  subset = evaluation.reverse_ais_subset(subset_key, len(test_v), 500)
+  assert len(np.unique(subset)) == 500
+  assert rev["subset_indices_head"] == subset[:10].tolist()
+  v = jnp.asarray(test_v[subset])
+  exact = np.asarray(capsjax.log_prob(
+      params, v, r, capsjax.exact_log_z(params, r, over="hidden")))
+  forward = np.asarray(capsjax.log_prob(
+      params, v, r, results["log_likelihood"]["log_z"]))
+  assert rev["forward_test_log_prob_mean"] == pytest.approx(
+      forward.mean(), abs=1e-3)
+  assert rev["test_log_prob_mean"] <= exact.mean() + 3 * rev[
+      "test_log_prob_sem"]
 
 
 def _measures(results):
@@ -74,11 +125,14 @@ def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
   results = evaluation.evaluate(config, step, params, data, settings)
   _check_results(results, num_runs=8)
   assert results["settings"]["probe_train_examples"] == 500
+  assert results["settings"]["reverse_ais_examples"] == 500
+  _check_reverse_ais_against_exact(config, params, data, results, settings)
   json_path, md_path = evaluation.write(results, str(tmp_path / "eval"))
   assert json.load(open(json_path)) == json.loads(json.dumps(results))
   md = open(md_path).read()
   assert "| test reconstruction error (per-pixel MSE) |" in md
   assert "(step 20)" in md
+  assert "| reverse AIS test log-likelihood (nats; conservative) | " in md
 
   out = tmp_path / "cli"
   result = subprocess.run(
@@ -178,3 +232,86 @@ def test_linear_probe_on_linearly_separable_data():
   x, y = x[margin], y[margin]
   assert evaluation.linear_probe_accuracy(x[:200], y[:200], x[200:],
                                           y[200:]) == 1.0
+
+
+def test_reverse_ais_report_flags_a_gap_over_three_nats():
+  rng = np.random.default_rng(0)
+  forward = rng.normal(-100.0, 5.0, size=40)
+  near = evaluation.reverse_ais_report(forward - 1.0, forward,
+                                       indices=np.arange(40), num_betas=10,
+                                       acceptance_rate=1.0)
+  assert near["test_log_prob_mean"] == pytest.approx(forward.mean() - 1.0)
+  # Standard error: sample std (ddof 1) over sqrt(n).
+  assert near["test_log_prob_sem"] == pytest.approx(
+      np.sqrt(np.sum((forward - forward.mean()) ** 2) / 39) / np.sqrt(40))
+  assert near["forward_minus_reverse"] == pytest.approx(1.0)
+  assert near["num_examples"] == 40 and not near["disagree"]
+  far = evaluation.reverse_ais_report(forward - 3.5, forward,
+                                      indices=np.arange(40), num_betas=10,
+                                      acceptance_rate=1.0)
+  assert far["disagree"]
+  # Either direction counts.
+  assert evaluation.reverse_ais_report(forward + 4.0, forward,
+                                       indices=np.arange(40), num_betas=10,
+                                       acceptance_rate=1.0)["disagree"]
+  results = fake_report(reliable=True, reverse_ais=far)
+  md = evaluation.to_markdown(results)
+  assert ("| reverse AIS test log-likelihood (nats; conservative) | "
+          f"{far['test_log_prob_mean']:.2f} ± "
+          f"{far['test_log_prob_sem']:.2f} on 40 test examples") in md
+  assert "WARNING: forward and reverse differ by 3.50 nats" in md
+  results["log_likelihood"]["reverse_ais"] = near
+  assert "WARNING" not in evaluation.to_markdown(results)
+  # A degenerate forward estimate is not printed beside it either.
+  results["log_likelihood"]["reliable"] = False
+  md = evaluation.to_markdown(results)
+  assert "(forward AIS degenerate: not compared)" in md
+  assert f"{near['forward_test_log_prob_mean']:.2f}" not in md
+
+
+def test_reverse_ais_subset_is_seeded_and_sized():
+  key = evaluation.reverse_ais_keys(0)[0]
+  a = evaluation.reverse_ais_subset(key, 1000, 100)
+  assert len(a) == 100 and len(np.unique(a)) == 100
+  assert np.all(np.diff(a) > 0) and a.max() < 1000
+  np.testing.assert_array_equal(a, evaluation.reverse_ais_subset(key, 1000,
+                                                                 100))
+  assert not np.array_equal(
+      a, evaluation.reverse_ais_subset(evaluation.reverse_ais_keys(1)[0],
+                                       1000, 100))
+  np.testing.assert_array_equal(evaluation.reverse_ais_subset(key, 30, 100),
+                                np.arange(30))
+  assert evaluation.reverse_ais_size(evaluation.Settings(),
+                                     capsjax.Routing(1)) == 500
+  assert evaluation.reverse_ais_size(evaluation.Settings(),
+                                     capsjax.Routing(3)) == 100
+  assert evaluation.reverse_ais_size(
+      evaluation.Settings(reverse_ais_examples=7), capsjax.Routing(3)) == 7
+
+
+def test_reverse_ais_log_probs_in_batches_match_exact_log_p():
+  """A routed 3x2 -> 2x2 layer, every visible state 20 times, batches of 64
+  (the last padded): RAISE's mean is conservative and close to the exact
+  mean log p from enumeration (a long schedule on a tiny layer)."""
+  with jax.enable_x64(True):
+    r = capsjax.Routing(3)
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    params = capsjax.init_params(k1, 3, 2, 2, 2, weight_std=1.0,
+                                 dtype=jnp.float64)
+    params["a"] = 0.5 * jax.random.normal(k2, params["a"].shape)
+    params["b"] = 0.5 * jax.random.normal(k3, params["b"].shape)
+    states = np.array(list(itertools.product([0.0, 1.0], repeat=6))
+                      ).reshape(64, 3, 2)
+    v = np.repeat(states, 20, axis=0)  # 1280 = 20 batches of 64
+    v = v[:1250]                       # the last batch padded
+    exact = np.asarray(capsjax.log_prob(params, jnp.asarray(v), r,
+                                        capsjax.exact_log_z(params, r)))
+    bias = jnp.zeros((3, 2), jnp.float64)
+    est, rate = evaluation.reverse_ais_log_probs(
+        jax.random.key(0), params, v, r, bias, num_betas=200, batch_size=64)
+    assert est.shape == (1250,) and np.all(np.isfinite(est))
+    assert 0 < rate < 1  # MH steps of a routed layer
+    diff = est - exact
+    sem = np.std(diff, ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() < 3 * sem  # conservative (Jensen), up to noise
+    assert diff.mean() > -0.3     # and close: 200 betas, 6 pixels

@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 
 import capsjax
+import capsjax.data
 from experiments import classifier
 from experiments import evaluation
 from experiments import frechet
@@ -181,6 +183,55 @@ def test_classifier_learns_the_embedded_subset_and_round_trips(
                              rtol=1e-5, atol=1e-5)
 
 
+def _embedded_test_digits():
+  """The embedded subset's test digits (100 per class), grey in [0, 1]."""
+  with capsjax.data.SMALL_NPZ.open("rb") as f, np.load(f) as npz:
+    return npz["test_images"] / np.float32(255), npz["test_labels"]
+
+
+@pytest.mark.slow
+def test_sample_diversity_of_real_digits(trained):
+  """Classified by the metric's classifier: the test digits of one class
+  have a low entropy and few classes; the class-balanced test set has
+  nearly log 10 and all 10 classes (binarized too, like model samples)."""
+  images, labels = _embedded_test_digits()
+  assert np.all(np.bincount(labels) == 100)
+  loaded = classifier.load(str(trained[3]), batch_size=500)
+  for digit in (0, 1):
+    one = evaluation.sample_diversity(loaded,
+                                      loaded.features(images[labels == digit]))
+    assert sum(one["class_histogram"]) == 100
+    assert np.argmax(one["class_histogram"]) == digit
+    assert one["entropy_nats"] < 0.5
+    assert one["classes_above_threshold"] <= 3
+  binary = np.asarray(capsjax.data.binarize(jax.random.key(0), images,
+                                            "stochastic"))
+  for x in (images, binary):
+    every = evaluation.sample_diversity(loaded, loaded.features(x))
+    assert sum(every["class_histogram"]) == 1000
+    assert every["entropy_nats"] > 2.1
+    assert every["classes_above_threshold"] == 10
+    assert every["max_entropy_nats"] == pytest.approx(np.log(10))
+
+
+def test_class_diversity_against_scipy_entropy():
+  assert evaluation.class_diversity([10] * 10)["entropy_nats"] == (
+      pytest.approx(np.log(10)))
+  one = evaluation.class_diversity([0, 0, 50, 0, 0, 0, 0, 0, 0, 0])
+  assert one["entropy_nats"] == 0.0 and one["classes_above_threshold"] == 1
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    counts = rng.integers(0, 100, size=10)
+    d = evaluation.class_diversity(counts)
+    assert d["entropy_nats"] == pytest.approx(scipy.stats.entropy(counts))
+    assert d["classes_above_threshold"] == int(np.sum(
+        counts / counts.sum() > 0.03))
+  # Strictly above 3%: 3 of 100 does not count, 4 does.
+  assert evaluation.class_diversity([93, 3, 4])["classes_above_threshold"] == 2
+  with pytest.raises(ValueError, match="counts"):
+    evaluation.class_diversity([0, 0])
+
+
 def test_classifier_training_is_deterministic(small_data):
   config, (train_x, train_y, _, _) = small_data
   config = config.copy_and_resolve_references()
@@ -237,7 +288,15 @@ def test_evaluate_reports_the_frechet_distance(small_data, trained,
   assert fd["classifier"]["test_accuracy"] == trained[2]
   # Train and test digits are closer than a one-epoch model's samples.
   assert 0 < fd["floor_train_vs_test"] < fd["distance"]
+  div = fd["diversity"]
+  assert len(div["class_histogram"]) == 10
+  assert sum(div["class_histogram"]) == 600
+  assert div["entropy_nats"] == pytest.approx(
+      scipy.stats.entropy(div["class_histogram"]))
+  assert 1 <= div["classes_above_threshold"] <= 10
   md = (out / "eval.md").read_text()
+  assert (f"| sample diversity (classifier's classes of the Fréchet samples) "
+          f"| entropy {div['entropy_nats']:.3f} nats") in md
   assert (f"| Fréchet distance, samples vs test (classifier features) | "
           f"{fd['distance']:.2f} (floor, binarized train vs test: "
           f"{fd['floor_train_vs_test']:.2f}) |") in md
