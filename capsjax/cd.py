@@ -125,7 +125,8 @@ def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
       return mean_f(v) - mean_f(v_neg)
     grads = jax.grad(objective)(params)
   else:
-    shared = None if routing.routed else _shared_uniform(params, c_data.dtype)
+    shared = (None if routing.routed else
+              sampling.shared_uniform(params, c_data.dtype))
     pos = _free_energy_grads(params, v, c_data if shared is None else shared,
                              visible)
     neg = _free_energy_grads(params, v_neg, c_neg if shared is None else shared,
@@ -154,7 +155,7 @@ def cd_monitors(params, v, info: CDInfo, *, kernel: sampling.Kernel
   if kernel.routing.routed:
     c_neg = info.negative_coefficients
   else:  # the step's shared (Nv, Nh) matrix, so XLA reuses its products
-    c = c_neg = _shared_uniform(params, c.dtype)
+    c = c_neg = sampling.shared_uniform(params, c.dtype)
   recon = energies.reconstruct(params, v, c, visible=visible)
   gap = (jnp.mean(energies.free_energy(params, v, c, visible=visible))
          - jnp.mean(energies.free_energy(params, info.negative, c_neg,
@@ -164,11 +165,6 @@ def cd_monitors(params, v, info: CDInfo, *, kernel: sampling.Kernel
       free_energy_gap=gap,
       acceptance_rate=info.acceptance_rate,
       routing_entropy=entropy)
-
-
-def _shared_uniform(params, dtype):
-  """c = 1 / Nh as one (Nv, Nh) matrix shared by a whole batch."""
-  return jnp.full(params["W"].shape[:2], 1.0 / params["W"].shape[1], dtype)
 
 
 # --------------------------------------------------------------------------

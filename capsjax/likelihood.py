@@ -91,7 +91,7 @@ def exact_log_z(params, routing: routing_lib.Routing, *,
     raise ValueError(
         "exact_log_z(over='hidden') needs coefficients that do not depend "
         f"on v: unrouted layers only (Routing(num_iterations=1)); got {routing}")
-  c = jnp.full((nv, nh), 1.0 / nh, dtype)
+  c = sampling.shared_uniform(params, dtype)
   constant = (0.5 * nv * dv * np.log(2 * np.pi) if visible == "gaussian"
               else 0.0)
   return constant + _enumerate(
@@ -245,9 +245,8 @@ def tempered_mh_step(key, state: sampling.ChainState, params, beta,
   h, _ = energies.sample_hidden(key_h, tempered, v, c_cond)
   proposal, mean = energies.sample_visible(key_v, tempered, h, c_cond)
   if not routing.routed:  # c' = c: every proposal is accepted
-    ones = jnp.ones(v.shape[:-2], v.dtype)
     return (sampling.ChainState(proposal, c),
-            sampling.ChainInfo(h, mean, ones, ones.astype(bool)))
+            sampling.gibbs_info(h, mean, proposal))
   c_new = routing_lib.route_visible(params, proposal, routing)
   log_ratio = sampling.mh_log_ratio(tempered, v, proposal, h, c, c_new)
   state, acceptance, accept = sampling.metropolis_accept(

@@ -90,8 +90,18 @@ def conditional_coefficients(params, state, routing):
   conditional instead of per-example contractions; same values)."""
   if routing.routed:
     return state.coefficients
-  nh = params["W"].shape[1]
-  return jnp.full(params["W"].shape[:2], 1.0 / nh, state.coefficients.dtype)
+  return shared_uniform(params, state.coefficients.dtype)
+
+
+def shared_uniform(params, dtype) -> jax.Array:
+  """c = 1 / Nh as one (Nv, Nh) matrix shared by a whole batch."""
+  return jnp.full(params["W"].shape[:2], 1.0 / params["W"].shape[1], dtype)
+
+
+def gibbs_info(h, mean, v) -> ChainInfo:
+  """The `ChainInfo` of a step whose proposal is always accepted."""
+  ones = jnp.ones(v.shape[:-2], v.dtype)
+  return ChainInfo(h, mean, ones, ones.astype(bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +123,7 @@ class _GibbsStep:
     else:  # c is unchanged (or uniform): keep the state's, whatever its shape
       c = jnp.broadcast_to(state.coefficients,
                            v.shape[:-2] + state.coefficients.shape[-2:])
-    ones = jnp.ones(v.shape[:-2], v.dtype)
-    return ChainState(v, c), ChainInfo(h, mean, ones, ones.astype(bool))
+    return ChainState(v, c), gibbs_info(h, mean, v)
 
 
 @dataclasses.dataclass(frozen=True)
