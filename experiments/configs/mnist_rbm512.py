@@ -20,9 +20,11 @@ Command (needs the four raw MNIST IDX .gz files, or internet access):
   python -m experiments.evaluate --workdir=runs/mnist_rbm512 --ais=full
 
 Expected: not yet run with the runner (next step, BUILD_NOTES.md). The
-recipe's precursors, run with the library alone (capsjax 0.1's train_step;
+recipe's precursors, run with the library alone by one-off scripts that
+are not in the repository (capsjax 0.1's train_step with the recipe above;
 2026-12-01, one core of this 2-core CPU, shared; AIS 14,500 betas x 100
-runs from the data-marginal base model, full test set):
+runs from the data-marginal base model, full test set), so they are leads
+for this config, not its results:
   100 epochs, constant PCD-10 (the issue's measurement): -88.5 nats, ESS 43.
   120 epochs (PCD-10, PCD-15 over the last 15; the rate decayed to 0.0002
   at epoch 120): last iterate -88.40 (ESS 46); the 0.999 average -87.82 and
