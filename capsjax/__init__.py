@@ -22,6 +22,11 @@ from capsjax.cd import params_ema
 from capsjax.cd import sgd
 from capsjax.cd import train_step
 from capsjax.cd import visible_bias_from_data
+from capsjax.centering import Centering
+from capsjax.centering import Offsets
+from capsjax.centering import centered_gradient
+from capsjax.centering import init_offsets
+from capsjax.centering import update_offsets
 from capsjax.energies import energy
 from capsjax.energies import free_energy
 from capsjax.energies import hidden_input

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from capsjax import centering as centering_lib
 from capsjax import energies
 from capsjax import routing as routing_lib
 from capsjax import sampling
@@ -176,6 +177,7 @@ class TrainState(NamedTuple):
   opt_state: Any
   chain: Optional[sampling.ChainState]  # persistent chain for PCD, else None
   step: jax.Array                       # number of updates done
+  offsets: Optional[centering_lib.Offsets] = None  # centering, else None
 
 
 def momentum_schedule(initial: float = 0.5, final: float = 0.9,
@@ -213,38 +215,57 @@ def adam(learning_rate, *, weight_decay: float = 0.0
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, *,
-                     chain: Optional[sampling.ChainState] = None
+                     chain: Optional[sampling.ChainState] = None,
+                     offsets: Optional[centering_lib.Offsets] = None
                      ) -> TrainState:
   """A fresh `TrainState`; a `chain` (e.g. `kernel.init(params, v0)`, any
-  number of chains) enables PCD."""
+  number of chains) enables PCD; `offsets` (`init_offsets`) are the
+  centering offsets a `train_step(..., centering=)` needs."""
   validation.param_shapes(params)
   if chain is not None:
     validation.visible(params, chain.v, "chain.v")
   return TrainState(params, optimizer.init(params), chain,
-                    jnp.zeros((), jnp.int32))
+                    jnp.zeros((), jnp.int32), offsets)
 
 
 def train_step(key, state: TrainState, batch, *,
                optimizer: optax.GradientTransformation,
                kernel: sampling.Kernel, k: int = 1,
                through_routing: bool = False,
-               mean_field_negative: bool = False
+               mean_field_negative: bool = False,
+               centering: Optional[centering_lib.Centering] = None
                ) -> tuple[TrainState, CDInfo]:
   """One CD (or PCD, when `state.chain` is set) update through `optimizer`.
 
   The step's randomness is `fold_in(key, state.step)`, so a resumed run
   needs only the base key. Jit it with the keywords static, e.g.
   `jax.jit(functools.partial(train_step, optimizer=opt, kernel=kernel))`.
-  The keywords are `cd_gradient`'s.
+  The other keywords are `cd_gradient`'s, and `centering`: take the
+  centered step (`centered_gradient` with `state.offsets`, which then
+  move towards the batch's means; unrouted Bernoulli layers only).
   """
+  if (centering is None) != (state.offsets is None):
+    raise ValueError("centering needs state.offsets (init_train_state(..., "
+                     "offsets=init_offsets(...))) and offsets need centering")
+  if centering is not None and (sampling.check_kernel(kernel).routing.routed
+                                or kernel.visible != "bernoulli"):
+    raise ValueError("centering needs an unrouted layer with Bernoulli "
+                     f"visible units; got {kernel.routing}, visible="
+                     f"{kernel.visible!r}")
   step_key = jax.random.fold_in(key, state.step)
   grads, info = cd_gradient(step_key, state.params, batch, kernel=kernel, k=k,
                             chain=state.chain, through_routing=through_routing,
                             mean_field_negative=mean_field_negative)
+  offsets = state.offsets
+  if centering is not None:
+    grads = centering_lib.centered_gradient(
+        grads, offsets, weight_scale=centering.weight_scale)
+    offsets = centering_lib.update_offsets(offsets, state.params, batch,
+                                           centering.rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   chain = None if state.chain is None else info.chain
-  return TrainState(params, opt_state, chain, state.step + 1), info
+  return TrainState(params, opt_state, chain, state.step + 1, offsets), info
 
 
 # --------------------------------------------------------------------------

@@ -118,6 +118,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          "config.persistent = True")
   if config.tempering_rungs and config.mean_field_negative:
     fail("mean_field_negative", "cannot be combined with tempering")
+  if not 0 <= config.centering <= 1:
+    fail("centering", "must be in [0, 1] (0 = off; else the offsets' "
+         "sliding-average rate)")
+  if config.centering and config.num_iterations > 1:
+    fail("centering", "centers an unrouted layer: set num_iterations = 1 "
+         "or centering = 0")
   if not 0 <= config.ema_decay < 1:
     fail("ema_decay", "must be in [0, 1) (0 = no average)")
   if config.lr_schedule not in LR_SCHEDULES:
@@ -274,9 +280,13 @@ def learning_rate(opt_state) -> jax.Array:
 def cd_options(config, k=None) -> dict:
   """`capsjax.train_step`'s keywords besides the optimizer (k: config.k
   unless given)."""
+  centering = (capsjax.Centering(rate=config.centering,
+                                 weight_scale=weight_scale(config))
+               if config.centering else None)
   return dict(kernel=make_kernel(config), k=config.k if k is None else k,
               through_routing=config.through_routing,
-              mean_field_negative=config.mean_field_negative)
+              mean_field_negative=config.mean_field_negative,
+              centering=centering)
 
 
 # ---------------------------------------------------------------------------
@@ -423,7 +433,10 @@ def initial_state(config, train_grey, optimizer) -> capsjax.TrainState:
     v0 = to_capsules(config, train_grey[np.arange(n) % len(train_grey)],
                      keys["chains"])
     chain = make_kernel(config).init(params, v0)
-  return capsjax.init_train_state(params, optimizer, chain=chain)
+  offsets = (capsjax.init_offsets(params, marginals[None])
+             if config.centering else None)
+  return capsjax.init_train_state(params, optimizer, chain=chain,
+                                  offsets=offsets)
 
 
 def abstract_state(config) -> capsjax.TrainState:
@@ -511,8 +524,20 @@ def restore_latest(config, workdir: str, mngr: ocp.CheckpointManager,
     return _restore_with_temperature(
         config, workdir, mngr, step, abstract, shardings,
         saved_params[LEGACY_TEMPERATURE].dtype)
-  return mngr.restore(step, args=ocp.args.StandardRestore(
-      sharding_lib.with_shardings(abstract, shardings)))
+  return _restore_fields(mngr, step, abstract, shardings)
+
+
+def _restore_fields(mngr, step, abstract, shardings) -> capsjax.TrainState:
+  """Restores the state's fields that the checkpoint holds; a field it
+  lacks (one added to TrainState since, e.g. `offsets`) must be None."""
+  saved = mngr.item_metadata(step).tree
+  target = {name: getattr(abstract, name) for name in abstract._fields
+            if name in saved or getattr(abstract, name) is not None}
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(
+      sharding_lib.with_shardings(
+          target, {name: getattr(shardings, name) for name in target})))
+  return capsjax.TrainState(**{**dict.fromkeys(abstract._fields),
+                               **restored})
 
 
 # capsjax 0.1 stored a routing temperature T != 1 in the params (and so in
@@ -546,11 +571,10 @@ def _restore_with_temperature(config, workdir, mngr, step, abstract,
   """Restores a 0.1 checkpoint holding params["routing_temperature"]: checks
   the value against config.routing_temperature and drops the key."""
   scalar = shardings.step  # a replicated scalar's sharding
-  legacy = mngr.restore(step, args=ocp.args.StandardRestore(
-      sharding_lib.with_shardings(
-          _with_legacy_temperature(abstract,
-                                   jax.ShapeDtypeStruct((), dtype)),
-          _with_legacy_temperature(shardings, scalar))))
+  legacy = _restore_fields(
+      mngr, step,
+      _with_legacy_temperature(abstract, jax.ShapeDtypeStruct((), dtype)),
+      _with_legacy_temperature(shardings, scalar))
   # Replicated: every process holds the value.
   saved = np.asarray(legacy.params[LEGACY_TEMPERATURE].addressable_data(0))
   if saved != np.asarray(config.routing_temperature, saved.dtype):

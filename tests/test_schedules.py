@@ -82,6 +82,8 @@ def test_the_schedule_scales_each_sgd_update():
     (dict(tempering_rungs=1), "tempering_rungs"),
     (dict(tempering_rungs=4, tempering_min_beta=1.0), "tempering_min_beta"),
     (dict(tempering_rungs=4, persistent=False), "tempering_rungs"),
+    (dict(centering=1.5), "centering"),
+    (dict(centering=0.01, num_iterations=3), "centering"),
 ])
 def test_bad_values_are_rejected(overrides, message):
   with pytest.raises(train_lib.ConfigError, match=f"config.{message}"):
@@ -91,16 +93,19 @@ def test_bad_values_are_rejected(overrides, message):
 @pytest.mark.slow
 def test_tempered_pcd_with_more_chains_than_the_batch_resumes_exactly(
     data_dir, tmp_path):
-  """A run with a 3-rung ladder of 30 persistent chains (batch 20), k
-  ramped 1 -> 2 and a linear rate decay: the checkpointed state holds the
-  ladder, and the run resumed from its checkpoint at update 10 (the one at
-  20 removed) ends bit-identical to the uninterrupted run."""
+  """A centered run with a 3-rung ladder of 30 persistent chains (batch
+  20), k ramped 1 -> 2 and a linear rate decay: the checkpointed state
+  holds the ladder and the offsets, and the run resumed from its
+  checkpoint at update 10 (the one at 20 removed) ends bit-identical to
+  the uninterrupted run."""
   settings = dict(num_chains=30, tempering_rungs=3, tempering_min_beta=0.6,
                   k=2, k_ramp_every_steps=10, lr_schedule="linear",
-                  final_learning_rate=0.001)
+                  final_learning_rate=0.001, centering=0.1)
   full = train_lib.train_and_evaluate(tiny_config(data_dir, **settings),
                                       str(tmp_path / "full"))
   assert full.chain.ladder.v.shape == (3, 30, 16, 49)
+  assert full.offsets.hidden.shape == (4, 4)
+  assert not np.allclose(full.offsets.hidden, 0.5)  # moved from the start
   np.testing.assert_allclose(
       full.chain.coefficients,
       capsjax.route_visible(full.params, full.chain.v, capsjax.Routing(1)))

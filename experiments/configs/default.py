@@ -64,6 +64,11 @@ def get_config():
   # tempering_min_beta to 1; 0 = off (plain Gibbs / MH chains).
   config.tempering_rungs = 0
   config.tempering_min_beta = 0.5
+  # Centering (Melchior et al. 2016, capsjax.centering): the CD gradient
+  # of an unrouted layer taken in the centered parameterization, offsets
+  # at the data means of the units moving by this sliding-average rate
+  # (0.01 is theirs); 0 = off. The params stay the ordinary ones.
+  config.centering = 0.0
   config.mh = False
   config.reroute = True
   config.through_routing = False
