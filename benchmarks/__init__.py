@@ -1,1 +1,4 @@
-"""Benchmarks of capsjax: `python -m benchmarks.cd_benchmark --out=bench.json`."""
+"""Benchmarks of capsjax.
+
+`python -m benchmarks.cd_benchmark --out=bench.json`.
+"""

@@ -40,17 +40,25 @@ _WORKER = flags.DEFINE_integer("worker", None, "Internal: time this many "
 def time_updates(num_devices: int, steps: int, batch_size: int) -> dict:
   """Updates per second of the default config on `num_devices` devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import train_lib  # pylint: disable=g-import-not-at-top
-  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default
+  from experiments.runner import data as data_io
+  from experiments.runner import factories
+  from experiments.runner import front_ends
+  from experiments.runner import state as state_lib
+  from experiments.runner import update as update_lib
+  # pylint: enable=g-import-not-at-top
 
   config = default.get_config()
   config.update(num_devices=num_devices, batch_size=batch_size)
-  data = train_lib.load_data(config)
-  optimizer = train_lib.make_optimizer(config)
-  shardings = train_lib.make_shardings(config)
-  update = train_lib.make_update(config, optimizer, shardings)
-  state = train_lib.initial_state(config, data.train, optimizer)
-  batches = [train_lib.train_batch(config, data.train, s, shardings)
+  front_end = front_ends.get(config)
+  data = data_io.load_data(config)
+  optimizer = factories.make_optimizer(config)
+  shardings = state_lib.make_shardings(config, front_end)
+  update = update_lib.make_update(config, front_end, optimizer, shardings)
+  state = state_lib.initial_state(config, front_end, data.train, optimizer)
+  batches = [update_lib.train_batch(config, data.train, s, shardings)
              for s in range(steps + 1)]
   state = jax.block_until_ready(update(state, batches[0])[0])  # compiles
   start = time.perf_counter()

@@ -3,7 +3,7 @@
 Pure JAX functions over a params pytree {"W": (Nv, Nh, Dh, Dv),
 "a": (Nv, Dv), "b": (Nh, Dh)}; model options are static values (`Routing`,
 `visible=`), random functions take the key first, samplers are kernels, and
-the caller jits. See docs/api.md and the specification (MODEL.md).
+the caller jits. See the README's API table and docs/model.md (the math).
 """
 
 from capsjax.cd import CDInfo
@@ -37,18 +37,21 @@ from capsjax.energies import reconstruct
 from capsjax.energies import routed_free_energy
 from capsjax.energies import sample_hidden
 from capsjax.energies import sample_visible
+from capsjax.energies import topdown_means
 from capsjax.energies import visible_input
 from capsjax.energies import visible_probs
-from capsjax.likelihood import AISResult
 from capsjax.likelihood import MIN_ESS
-from capsjax.likelihood import ReverseAISResult
 from capsjax.likelihood import MIN_ESS_FRACTION
+from capsjax.likelihood import AISResult
+from capsjax.likelihood import ReverseAISResult
 from capsjax.likelihood import ais
+from capsjax.likelihood import ais_upper_bound
 from capsjax.likelihood import base_rate_bias
 from capsjax.likelihood import beta_schedule
 from capsjax.likelihood import ess_threshold
 from capsjax.likelihood import exact_log_z
 from capsjax.likelihood import log_prob
+from capsjax.likelihood import pseudo_log_likelihood
 from capsjax.likelihood import reverse_ais
 from capsjax.likelihood import tempered_log_density
 from capsjax.likelihood import tempered_mh_step
@@ -70,6 +73,7 @@ from capsjax.sampling import metropolis_accept
 from capsjax.sampling import mh
 from capsjax.sampling import mh_log_ratio
 from capsjax.sampling import run_chain
+from capsjax.sampling import sample_from_marginals
 from capsjax.tempering import TemperingInfo
 from capsjax.tempering import TemperingState
 from capsjax.tempering import tempering

@@ -1,6 +1,6 @@
 """Contrastive divergence with routing, and the optax training step.
 
-MODEL.md section 5. `cd_gradient` returns the gradient of
+docs/model.md section 5. `cd_gradient` returns the gradient of
 `mean F(v_data; c_data) - mean F(v_model; c_model)` with the samples (and,
 unless `through_routing`, the coefficients) held constant: a descent
 direction to hand to any optax transformation as if it were a loss gradient.
@@ -31,13 +31,16 @@ class CDInfo(NamedTuple):
 
 class CDMonitors(NamedTuple):
   reconstruction_error: jax.Array  # mean squared error per visible neuron
-  free_energy_gap: jax.Array     # mean F(v_data; c_data) - mean F(v_model; c_model)
-  acceptance_rate: jax.Array     # mean MH acceptance over the k steps (1 for Gibbs)
-  routing_entropy: jax.Array     # mean entropy (nats) of c_data per lower capsule
+  # mean F(v_data; c_data) - mean F(v_model; c_model)
+  free_energy_gap: jax.Array
+  # mean MH acceptance over the k steps (1 for Gibbs)
+  acceptance_rate: jax.Array
+  # mean entropy (nats) of c_data per lower capsule
+  routing_entropy: jax.Array
 
 
 def _free_energy_grads(params, v, c, visible):
-  """Hand-written `dF/dtheta` averaged over the batch (MODEL.md section 5)."""
+  """Hand-written `dF/dtheta` averaged over the batch (docs/model.md section 5)."""
   p = energies.hidden_probs(params, v, c)
   n = v.size // (v.shape[-1] * v.shape[-2])
   batch_axes = tuple(range(v.ndim - 2))
@@ -69,7 +72,7 @@ def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
       `info.chain`. It is rerouted under the current parameters first
       (`kernel.refresh`).
     through_routing: differentiate `F(v; c(v; theta))` through the routing
-      (MODEL.md section 5). Needs a kernel that samples the routed model
+      (docs/model.md section 5). Needs a kernel that samples the routed model
       exactly (`kernel.exact`).
     mean_field_negative: use the last step's mean `p(v | h; c)` (rerouted
       unless the kernel keeps c) instead of its sample for the negative
@@ -182,7 +185,8 @@ class TrainState(NamedTuple):
 
 def momentum_schedule(initial: float = 0.5, final: float = 0.9,
                       switch_step: int = 0) -> optax.Schedule:
-  """Hinton's practical guide: momentum `initial`, then `final` from `switch_step`."""
+  """Hinton's practical guide: momentum `initial`, then `final` from
+  `switch_step`."""
   return lambda count: jnp.where(count < switch_step, initial, final)
 
 
@@ -269,7 +273,7 @@ def train_step(key, state: TrainState, batch, *,
 
 
 # --------------------------------------------------------------------------
-# The effective-weight parameterization (MODEL.md section 5).
+# The effective-weight parameterization (docs/model.md section 5).
 
 
 def effective_weights(optimizer: optax.GradientTransformation,

@@ -2,7 +2,8 @@
 
 Datasets (names for `load_split`):
   "mnist_small"    5000 train / 1000 test MNIST digits shipped in the package
-                   (first 500 / 100 of each class, see datasets/make_mnist_small.py).
+                   (first 500 / 100 of each class, see
+                   datasets/make_mnist_small.py).
   "mnist"          full MNIST (60000 / 10000) from the official IDX files.
   "fashion_mnist"  Fashion-MNIST (60000 / 10000), same IDX format.
 
@@ -10,6 +11,10 @@ The TFDS builders are registered as `capsjax_mnist_small`, `capsjax_mnist` and
 `capsjax_fashion_mnist` (TFDS already owns `mnist` and `fashion_mnist`, and its
 stock builders need TensorFlow). They write array_record files, which
 `tfds.data_source` reads with random access and without tf.data.
+
+The datasets need TFDS (`pip install "capsjax[experiments]"`); the rest of
+this module (`read_idx`, `binarize`, the capsule patches) needs only the
+library's own dependencies, and so does importing it.
 """
 
 from __future__ import annotations
@@ -20,20 +25,28 @@ import math
 import os
 import socket
 import struct
-import urllib.parse
 from typing import Any
+import urllib.parse
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from capsjax import _sharding
 
+try:  # the datasets only: part of capsjax[experiments], not of the library
+  from absl import logging
+  import tensorflow_datasets as tfds
+except ImportError as e:
+  tfds = None
+  _TFDS_IMPORT_ERROR: ImportError | None = e
+else:
+  _TFDS_IMPORT_ERROR = None
+
 IMAGE_SIZE = 28
 _IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
-_IDX_FILES = {  # split -> (images, labels); same names for MNIST and Fashion-MNIST
+# split -> (images, labels); the same names for MNIST and Fashion-MNIST
+_IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -58,125 +71,158 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 # TFDS builders
 # ----------------------------------------------------------------------------
 
+SMALL_NPZ = (importlib.resources.files("capsjax") / "datasets"
+             / "mnist_small.npz")
+DATASETS = ("mnist_small", "mnist", "fashion_mnist")  # _BUILDERS' keys
 
-class _MnistLikeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """28x28 uint8 digits + int64 label, stored in the original file order."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  DESCRIPTION = ""
-  HOMEPAGE = ""
+def _require_tfds() -> None:
+  if tfds is None:
+    raise ImportError(
+        "capsjax.data's datasets need tensorflow-datasets: pip install"
+        f' "capsjax[experiments]" ({_TFDS_IMPORT_ERROR})'
+    ) from _TFDS_IMPORT_ERROR
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        # Tensor, not Image/ClassLabel: Image encodes PNG with TensorFlow.
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=_IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage=self.HOMEPAGE,
-        disable_shuffling=True,  # keep the source order (documented indices)
+
+if tfds is not None:
+  class _MnistLikeBuilder(tfds.core.GeneratorBasedBuilder,
+                          skip_registration=True):
+    """28x28 uint8 digits + int64 label, stored in the original file order."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    DESCRIPTION = ""
+    HOMEPAGE = ""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=self.DESCRIPTION,
+          # Tensor, not Image/ClassLabel: Image encodes PNG with TensorFlow.
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Tensor(shape=_IMAGE_SHAPE, dtype=np.uint8),
+              "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+          }),
+          supervised_keys=("image", "label"),
+          homepage=self.HOMEPAGE,
+          disable_shuffling=True,  # keep the source order (documented indices)
+      )
+
+    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+      if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+      for i, (image, label) in enumerate(zip(images, labels)):
+        yield i, {"image": image.reshape(_IMAGE_SHAPE), "label": int(label)}
+
+  class _IdxBuilder(_MnistLikeBuilder, skip_registration=True):
+    """Prepares from the four IDX .gz files: manual_dir first, else download."""
+
+    URL = ""  # folder URL holding the four files
+    SHA256: dict[str, tuple[int, str]] = {}  # file name -> (size, sha256)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def url_infos(cls):
+      # Registered checksums make the download manager look for each file by
+      # name in manual_dir, and verify manual and downloaded files alike.
+      return {
+          cls.URL + name: tfds.download.checksums.UrlInfo(
+              size=tfds.core.units.Size(size), checksum=sha, filename=name
+          )
+          for name, (size, sha) in cls.SHA256.items()
+      }
+
+    def _split_generators(self, dl_manager):
+      names = [n for pair in _IDX_FILES.values() for n in pair]
+      paths = dl_manager.download({n: self.URL + n for n in names})
+      return {
+          split: self._generate_examples(
+              read_idx(paths[images]), read_idx(paths[labels])
+          )
+          for split, (images, labels) in _IDX_FILES.items()
+      }
+
+  class CapsjaxMnist(_IdxBuilder):
+    """Full MNIST (60000 train, 10000 test) from the official IDX files."""
+
+    name = "capsjax_mnist"
+    DESCRIPTION = ("MNIST handwritten digits (LeCun, Cortes, Burges;"
+                   " CC BY-SA 3.0).")
+    HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
+    URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # as TFDS mnist
+    SHA256 = {
+        "train-images-idx3-ubyte.gz": (
+            9912422,
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "train-labels-idx1-ubyte.gz": (
+            28881,
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "t10k-images-idx3-ubyte.gz": (
+            1648877,
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        "t10k-labels-idx1-ubyte.gz": (
+            4542,
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    }
+
+  class CapsjaxFashionMnist(_IdxBuilder):
+    """Fashion-MNIST (60000 train, 10000 test); needs internet or manual_dir."""
+
+    name = "capsjax_fashion_mnist"
+    DESCRIPTION = ("Fashion-MNIST, Zalando article images (Xiao et al. 2017;"
+                   " MIT).")
+    HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
+    # As TFDS.
+    URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    SHA256 = {
+        "train-images-idx3-ubyte.gz": (
+            26421880,
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "train-labels-idx1-ubyte.gz": (
+            29515,
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "t10k-images-idx3-ubyte.gz": (
+            4422102,
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        "t10k-labels-idx1-ubyte.gz": (
+            5148,
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    }
+
+  class CapsjaxMnistSmall(_MnistLikeBuilder):
+    """5000/1000 MNIST digits embedded in the package; never downloads."""
+
+    name = "capsjax_mnist_small"
+    DESCRIPTION = (
+        "First 500 (train) / 100 (test) examples of each digit of the official"
+        " MNIST files, in file order; indices in the package's mnist_small.npz."
     )
+    HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image.reshape(_IMAGE_SHAPE), "label": int(label)}
+    def _split_generators(self, dl_manager):
+      del dl_manager  # package data only
+      with SMALL_NPZ.open("rb") as f, np.load(f) as npz:
+        data = {k: npz[k] for k in npz.files}
+      return {
+          split: self._generate_examples(
+              data[f"{split}_images"], data[f"{split}_labels"]
+          )
+          for split in ("train", "test")
+      }
 
-
-class _IdxBuilder(_MnistLikeBuilder, skip_registration=True):
-  """Prepares from the four IDX .gz files: manual_dir first, else download."""
-
-  URL = ""  # folder URL holding the four files
-  SHA256: dict[str, tuple[int, str]] = {}  # file name -> (size, sha256)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def url_infos(cls):
-    # Registered checksums make the download manager look for each file by
-    # name in manual_dir, and verify manual and downloaded files alike.
-    return {
-        cls.URL + name: tfds.download.checksums.UrlInfo(
-            size=tfds.core.units.Size(size), checksum=sha, filename=name
-        )
-        for name, (size, sha) in cls.SHA256.items()
-    }
-
-  def _split_generators(self, dl_manager):
-    names = [n for pair in _IDX_FILES.values() for n in pair]
-    paths = dl_manager.download({n: self.URL + n for n in names})
-    return {
-        split: self._generate_examples(
-            read_idx(paths[images]), read_idx(paths[labels])
-        )
-        for split, (images, labels) in _IDX_FILES.items()
-    }
-
-
-class CapsjaxMnist(_IdxBuilder):
-  """Full MNIST (60000 train, 10000 test) from the official IDX files."""
-
-  name = "capsjax_mnist"
-  DESCRIPTION = "MNIST handwritten digits (LeCun, Cortes, Burges; CC BY-SA 3.0)."
-  HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
-  URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # as TFDS mnist
-  SHA256 = {
-      "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-      "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-      "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-      "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+  _BUILDERS: dict[str, type[_MnistLikeBuilder]] = {
+      "mnist_small": CapsjaxMnistSmall,
+      "mnist": CapsjaxMnist,
+      "fashion_mnist": CapsjaxFashionMnist,
   }
 
 
-class CapsjaxFashionMnist(_IdxBuilder):
-  """Fashion-MNIST (60000 train, 10000 test); needs internet or manual_dir."""
-
-  name = "capsjax_fashion_mnist"
-  DESCRIPTION = "Fashion-MNIST, Zalando article images (Xiao et al. 2017; MIT)."
-  HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
-  URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # as TFDS
-  SHA256 = {
-      "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-      "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-      "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-      "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-  }
+_BUILDER_NAMES = ("CapsjaxMnist", "CapsjaxFashionMnist", "CapsjaxMnistSmall")
 
 
-SMALL_NPZ = importlib.resources.files("capsjax") / "datasets" / "mnist_small.npz"
-
-
-class CapsjaxMnistSmall(_MnistLikeBuilder):
-  """5000/1000 MNIST digits embedded in the package; never downloads."""
-
-  name = "capsjax_mnist_small"
-  DESCRIPTION = (
-      "First 500 (train) / 100 (test) examples of each digit of the official"
-      " MNIST files, in file order; indices in the package's mnist_small.npz."
-  )
-  HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # package data only
-    with SMALL_NPZ.open("rb") as f, np.load(f) as npz:
-      data = {k: npz[k] for k in npz.files}
-    return {
-        split: self._generate_examples(
-            data[f"{split}_images"], data[f"{split}_labels"]
-        )
-        for split in ("train", "test")
-    }
-
-
-_BUILDERS: dict[str, type[_MnistLikeBuilder]] = {
-    "mnist_small": CapsjaxMnistSmall,
-    "mnist": CapsjaxMnist,
-    "fashion_mnist": CapsjaxFashionMnist,
-}
-DATASETS = tuple(_BUILDERS)
+def __getattr__(name: str) -> Any:
+  if name in _BUILDER_NAMES:  # without TFDS (defined above otherwise)
+    _require_tfds()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------
@@ -188,10 +234,11 @@ def get_builder(
     name: str, *, data_dir: str | os.PathLike[str]
 ) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder (array_record) for a capsjax dataset name."""
-  if name not in _BUILDERS:
+  if name not in DATASETS:
     raise ValueError(
         f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}"
     )
+  _require_tfds()
   data_dir = os.path.expanduser(os.fspath(data_dir))
   return _BUILDERS[name](data_dir=data_dir, file_format="array_record")
 
@@ -238,11 +285,13 @@ def prepare(
     folder = os.fspath(
         manual_dir or builder.data_dir_root / "downloads" / "manual"
     )
-    missing = [f for f in builder.SHA256 if not os.path.isfile(os.path.join(folder, f))]
+    missing = [f for f in builder.SHA256
+               if not os.path.isfile(os.path.join(folder, f))]
     # An explicit manual_dir must be complete (never download). Otherwise probe
     # the host: offline, TFDS's downloader retries for minutes before failing.
     if missing and (manual_dir is not None or not _reachable(builder.URL)):
-      what = "none there" if len(missing) == 4 else f"missing {', '.join(missing)}"
+      what = ("none there" if len(missing) == 4
+              else f"missing {', '.join(missing)}")
       if not manual_dir:
         what += f"; {urllib.parse.urlsplit(builder.URL).hostname} unreachable"
       raise DatasetNotFoundError(
@@ -293,7 +342,8 @@ def load_split(
   builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   source = builder.as_data_source(split=split)
   examples = source.__getitems__(range(len(source)))  # one batched read
-  images = np.stack([ex["image"] for ex in examples]).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+  images = np.stack([ex["image"] for ex in examples]).reshape(
+      -1, IMAGE_SIZE, IMAGE_SIZE)
   labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
   return images.astype(np.float32) / 255.0, labels
 
@@ -324,8 +374,8 @@ def binarize(key: jax.Array | None, images: Any, mode: str) -> jax.Array:
 
 
 def _check_patch(patch: int, height: int, width: int) -> None:
-  if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or not (
-      0 < patch and height % patch == 0 and width % patch == 0
+  if (isinstance(patch, bool) or not isinstance(patch, (int, np.integer))
+      or not (0 < patch and height % patch == 0 and width % patch == 0)
   ):
     divisors = [d for d in range(1, math.gcd(height, width) + 1)
                 if height % d == 0 and width % d == 0]
@@ -359,7 +409,10 @@ def _reshape(x: Any, shape: tuple[int, ...]) -> Any:
 
 
 def capsules_to_images(capsules: Any, patch: int) -> Any:
-  """Inverse of `images_to_capsules` for square images: (..., Nv, p*p) -> (..., H, H)."""
+  """Inverse of `images_to_capsules` for square images.
+
+  (..., Nv, p*p) -> (..., H, H).
+  """
   *lead, nv, d = capsules.shape
   g = math.isqrt(nv)
   if g * g != nv or d != patch * patch:

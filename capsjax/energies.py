@@ -1,6 +1,6 @@
 """Energy, free energy and conditionals of one capsule layer, c held fixed.
 
-MODEL.md section 3. Every function takes the coefficients `c` (..., Nv, Nh)
+docs/model.md section 3. Every function takes the coefficients `c` (..., Nv, Nh)
 as an argument; the routed model's `c(v)` comes from
 `capsjax.route_visible`. Visible units are Bernoulli by default,
 unit-variance Gaussian with `visible="gaussian"`.
@@ -9,13 +9,12 @@ unit-variance Gaussian with `visible="gaussian"`.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from capsjax import _sharding
 from capsjax import routing as routing_lib
 from capsjax import validation
-
 
 # Layout (see BUILD_NOTES.md, "Performance"). Coefficients without batch
 # axes, (Nv, Nh), are shared by the whole batch (uniform routing, r = 1):
@@ -76,7 +75,8 @@ def visible_input(params, h: jax.Array, c: jax.Array) -> jax.Array:
   W, h, c = _operands(params, h, c, batch_shape)
   nv, nh, dh, dv = W.shape
   # Y[i, b, (j, k)] = c[b, i, j] h[b, j, k]; W is already (Nv, Nh Dh, Dv).
-  y = (jnp.transpose(c, (1, 0, 2))[..., None] * h[None]).reshape(nv, -1, nh * dh)
+  y = (jnp.transpose(c, (1, 0, 2))[..., None] * h[None]).reshape(
+      nv, -1, nh * dh)
   x = lax.dot_general(y, W.reshape(nv, nh * dh, dv),
                       (((2,), (1,)), ((0,), (0,))))  # (Nv, B, Dv)
   return jnp.swapaxes(x, 0, 1).reshape(batch_shape + (nv, dv))
@@ -137,7 +137,7 @@ def free_energy(params, v: jax.Array, c: jax.Array, *,
 
 def routed_free_energy(params, v: jax.Array, routing: routing_lib.Routing, *,
                        visible: str = "bernoulli") -> jax.Array:
-  """`F~(v) = F(v; c(v))`, the routed model's free energy (MODEL.md section 4).
+  """`F~(v) = F(v; c(v))`, the routed model's free energy (docs/model.md section 4).
 
   Differentiable through the routing (gradients flow into `c`).
   """
@@ -159,6 +159,29 @@ def visible_probs(params, h: jax.Array, c: jax.Array, *,
   return pre
 
 
+def topdown_means(params, h: jax.Array, routing: routing_lib.Routing,
+                  rounds: int) -> jax.Array:
+  """`E[v | h; c]` of the Bernoulli visible units given the upper state `h`
+  (..., Nh, Dh), with mean-field coupling coefficients.
+
+  `c = c(v)` depends on the unknown `v` (docs/model.md section 4). The pass
+  starts from uniform coefficients `c = 1/Nh` (the unrouted layer) and runs
+  `rounds` mean-field rounds `c = c(m)`, `m = E[v | h; c]`: a fixed point of
+  the alternation that generates the routed layer's own samples,
+  deterministic, and exact when routing is off (r = 1: `c` is uniform
+  whatever `v`). A stacked layer decodes its hidden states to the layer
+  below with it.
+  """
+  nv, nh = params["W"].shape[:2]
+  c = jnp.full(h.shape[:-2] + (nv, nh), 1.0 / nh, h.dtype)
+  m = visible_probs(params, h, c)
+  if routing.routed:
+    for _ in range(rounds):
+      c = routing_lib.route_visible(params, m, routing)
+      m = visible_probs(params, h, c)
+  return m
+
+
 def reconstruct(params, v: jax.Array, c: jax.Array, *,
                 visible: str = "bernoulli") -> jax.Array:
   """One deterministic up-down pass: `visible_probs(hidden_probs(v; c); c)`."""
@@ -169,7 +192,7 @@ def log_partition_given_hidden(params, h: jax.Array, c: jax.Array, *,
                                visible: str = "bernoulli") -> jax.Array:
   """`log Z_h(c) = log sum_v exp(-E(v, h; c))`, shape (...,).
 
-  Needed by the Metropolis-Hastings correction (MODEL.md section 6). For
+  Needed by the Metropolis-Hastings correction (docs/model.md section 6). For
   Gaussian units the integral's constant `Nv Dv log(2 pi) / 2` is dropped:
   it cancels in every ratio this is used for.
   """

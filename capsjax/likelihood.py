@@ -1,4 +1,4 @@
-"""Log-likelihood of the routed model (MODEL.md sections 4 and 7).
+"""Log-likelihood of the routed model (docs/model.md sections 4 and 7).
 
 `p(v) = exp(-F(v; c(v))) / Z`. `exact_log_z` enumerates every visible state
 (tiny layers), or every hidden state of an unrouted layer; `ais` estimates
@@ -49,7 +49,7 @@ def _enumerate(n: int, chunk_size: int, dtype, neg_energy):
 def exact_log_z(params, routing: routing_lib.Routing, *,
                 visible: str = "bernoulli", over: str = "auto",
                 chunk_size: int = 4096) -> jax.Array:
-  """`log Z` of the routed model (MODEL.md section 4) by enumeration.
+  """`log Z` of the routed model (docs/model.md section 4) by enumeration.
 
   `over="visible"`: `logsumexp_v -F(v; c(v))` over all 2^(Nv*Dv) binary
   visible states; any routing, Bernoulli units.
@@ -85,12 +85,14 @@ def exact_log_z(params, routing: routing_lib.Routing, *,
   dtype = params["W"].dtype
   if over == "visible":
     _bernoulli_only("exact_log_z(over='visible')", visible)
-    return _enumerate(n, chunk_size, dtype, lambda v: -energies.routed_free_energy(
-        params, v.reshape(-1, nv, dv), routing))
+    return _enumerate(
+        n, chunk_size, dtype, lambda v: -energies.routed_free_energy(
+            params, v.reshape(-1, nv, dv), routing))
   if routing.routed:
     raise ValueError(
         "exact_log_z(over='hidden') needs coefficients that do not depend "
-        f"on v: unrouted layers only (Routing(num_iterations=1)); got {routing}")
+        "on v: unrouted layers only (Routing(num_iterations=1)); got "
+        f"{routing}")
   c = sampling.shared_uniform(params, dtype)
   constant = (0.5 * nv * dv * np.log(2 * np.pi) if visible == "gaussian"
               else 0.0)
@@ -110,7 +112,7 @@ def log_prob(params, v: jax.Array, routing: routing_lib.Routing,
 # --------------------------------------------------------------------------
 # Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008).
 #
-# The annealing path runs over the joint (v, h), as in MODEL.md section 7:
+# The annealing path runs over the joint (v, h), as in docs/model.md section 7:
 #
 #   p_beta(v, h) ∝ exp((1 - beta) a_A.v - beta E(v, h; c(v)))
 #
@@ -121,7 +123,7 @@ def log_prob(params, v: jax.Array, routing: routing_lib.Routing,
 #   f_beta(v) = ((1 - beta) a_A + beta a).v
 #               + sum_jk softplus(beta (b_jk + s_jk(v; c(v))))
 #
-# f_1(v) = -F(v; c(v)), so Z_1 is the Z of MODEL.md section 4, and
+# f_1(v) = -F(v; c(v)), so Z_1 is the Z of docs/model.md section 4, and
 # f_0(v) = a_A.v + Nh Dh log 2 (at beta = 0 each hidden neuron is a fair
 # coin), so log Z_A = sum softplus(a_A) + Nh Dh log 2.
 #
@@ -147,7 +149,7 @@ class AISResult(NamedTuple):
 def base_rate_bias(data: jax.Array, eps: float = 1e-3) -> jax.Array:
   """Base-model biases `logit(clip(mean(data), eps, 1 - eps))`, (Nv, Dv).
 
-  The independent-Bernoulli model with the data's marginals (MODEL.md
+  The independent-Bernoulli model with the data's marginals (docs/model.md
   section 7); the clip keeps the logits finite for pixels that are always
   off or on. Averages over every leading axis of `data` (..., Nv, Dv).
   """
@@ -223,7 +225,7 @@ def tempered_mh_step(key, state: sampling.ChainState, params, beta,
   """One transition that leaves `p_beta(v, h)` (hence `p_beta(v)`) invariant.
 
   h ~ p_beta(h | v) = sigmoid(beta (b + s(v; c))), exact; then the v-step
-  of MODEL.md section 6 for the tempered joint: propose
+  of docs/model.md section 6 for the tempered joint: propose
   v' ~ sigmoid((1 - beta) a_A + beta (a + x(h; c))) with c = c(v), route
   c' = c(v') with the untempered W, and accept with
 
@@ -292,6 +294,44 @@ def ess_threshold(num_runs: int) -> float:
   return max(MIN_ESS_FRACTION * num_runs, MIN_ESS)
 
 
+def ais_upper_bound(log_likelihoods, *, failure_probability: float = 0.05):
+  """An upper bound on the true (mean) log-likelihood from `n` AIS-based
+  estimates of it, holding with probability >= 1 - failure_probability
+  however degenerate their importance weights:
+  `min(log_likelihoods) + log(n / failure_probability)`.
+
+  AIS's estimate of Z is unbiased, so by Markov's inequality
+  P(log Z_est > log Z + t) <= exp(-t); a log-likelihood estimate
+  `-F(v) - log Z_est` exceeds the truth by more than t with at most that
+  probability, and the minimum of n independent estimates by a union bound
+  with n times it. A jax array gives a (traceable) jax scalar, anything
+  else a float computed in float64.
+  """
+  if isinstance(log_likelihoods, jax.Array):
+    return (jnp.min(log_likelihoods)
+            + np.log(log_likelihoods.size / failure_probability))
+  x = np.asarray(log_likelihoods, np.float64)
+  if x.size == 0:
+    raise ValueError("ais_upper_bound needs at least one estimate")
+  return float(x.min() + np.log(x.size / failure_probability))
+
+
+def pseudo_log_likelihood(key, params, v: jax.Array,
+                          routing: routing_lib.Routing) -> jax.Array:
+  """A stochastic pseudo-log-likelihood of each example of `v` (N, Nv, Dv)
+  under the routed model, (N,): with one neuron d drawn uniformly per
+  example, `D * log sigmoid(F~(v with d flipped) - F~(v))` (D = Nv Dv), an
+  unbiased estimate of `sum_d log p(v_d | v_-d)`."""
+  nv, dv = v.shape[-2:]
+  d = nv * dv
+  flip = jax.nn.one_hot(jax.random.randint(key, v.shape[:1], 0, d),
+                        d).reshape(v.shape)
+  flipped = v + flip * (1.0 - 2.0 * v)
+  f = energies.routed_free_energy(params, v, routing)
+  return d * jax.nn.log_sigmoid(
+      energies.routed_free_energy(params, flipped, routing) - f)
+
+
 def _annealing_path(params, num_betas, base_bias, betas):
   """Checked `base_bias` (Nv, Dv) and `betas` (num_betas,), in W's dtype."""
   num_betas = validation.positive_int("num_betas", num_betas)
@@ -327,7 +367,7 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
         base_bias: Optional[jax.Array] = None,
         betas: Optional[jax.Array] = None,
         visible: str = "bernoulli") -> AISResult:
-  """Estimates log Z of the routed model (MODEL.md sections 4 and 7) by AIS.
+  """Estimates log Z of the routed model (docs/model.md sections 4 and 7) by AIS.
 
   Runs `num_runs` independent annealing chains from the base model (the
   independent Bernoulli units with biases `base_bias`, default 0: uniform)
@@ -387,7 +427,8 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
   (state, log_w), rates = jax.lax.scan(
       body, (state, log_w), (keys, betas[:-2], betas[1:-1]))
   log_w = log_w + _log_weight_increment(
-      params, state.v, sampling.conditional_coefficients(params, state, routing),
+      params, state.v,
+      sampling.conditional_coefficients(params, state, routing),
       betas[-2], betas[-1], base_bias)
 
   log_mean_w, log_z_std, ess = _log_mean_exp_stats(log_w)

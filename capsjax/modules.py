@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from capsjax import cd
 from capsjax import energies

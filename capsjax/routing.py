@@ -1,6 +1,6 @@
-"""Predictions, squash and routing-by-agreement (Sabour et al. 2017, Procedure 1).
+"""Predictions, squash and routing-by-agreement (Sabour et al. 2017, Proc. 1).
 
-MODEL.md section 2. Logits are per example and per (lower, upper) capsule
+docs/model.md section 2. Logits are per example and per (lower, upper) capsule
 pair; the softmax runs over the upper capsules.
 
 Performance (BUILD_NOTES.md, benchmarks/cd_benchmark.py): routing is
@@ -20,8 +20,8 @@ import dataclasses
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from capsjax import _sharding
@@ -50,7 +50,8 @@ def squash(s: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def predictions(params, v: jax.Array) -> jax.Array:
-  """Votes `u_hat[..., i, j, :] = W[i, j] @ v[..., i, :]`, shape (..., Nv, Nh, Dh)."""
+  """Votes `u_hat[..., i, j, :] = W[i, j] @ v[..., i, :]`, (..., Nv, Nh, Dh).
+  """
   validation.visible(params, v)
   return jnp.einsum("ijkl,...il->...ijk", params["W"], v)
 
@@ -60,7 +61,7 @@ RULES = ("sabour",)
 
 @dataclasses.dataclass(frozen=True)
 class Routing:
-  """The routing options of a capsule layer: static, hashable, part of the model.
+  """The routing options of a capsule layer: static, hashable, in the model.
 
   c(v), hence p(v), depends on them, so every function that routes takes
   the same `Routing`, and it is a static argument under `jax.jit`.
@@ -130,7 +131,8 @@ def _votes_by_upper(W, v):
 
 
 def _weighted_votes(c, u):
-  """`s_j = sum_i c_ij u_ij`: c (C, Nh, Nv), u (C, Nh, Nv, Dh) -> (C, Nh, Dh)."""
+  """`s_j = sum_i c_ij u_ij`: c (C, Nh, Nv), u (C, Nh, Nv, Dh) -> (C, Nh, Dh).
+  """
   return lax.dot_general(c, u, (((2,), (2,)), ((0, 1), (0, 1))))
 
 
@@ -204,7 +206,8 @@ def _result(logits, c, s, batch_shape):
     return x.reshape(batch_shape + x.shape[1:])
   c = unflat(jnp.swapaxes(c, 1, 2))
   s = unflat(s)
-  return RoutingResult(coefficients=c, logits=unflat(jnp.swapaxes(logits, 1, 2)),
+  return RoutingResult(coefficients=c,
+                       logits=unflat(jnp.swapaxes(logits, 1, 2)),
                        inputs=s, outputs=squash(s))
 
 
@@ -249,7 +252,7 @@ def route(u_hat: jax.Array, routing: Routing, *,
 
 def route_visible(params, v: jax.Array, routing: Routing, *,
                   stop_inner_gradients: bool = False) -> jax.Array:
-  """The coefficients c(v) of the routed model (MODEL.md section 4).
+  """The coefficients c(v) of the routed model (docs/model.md section 4).
 
   Equal to `route(predictions(params, v), routing).coefficients`, but each
   chunk of the batch computes its own votes, so the whole batch's vote

@@ -6,7 +6,7 @@ A kernel is a `Kernel` NamedTuple: `init(params, v) -> ChainState`,
 nothing else about the model. Nothing is jitted here; the caller jits (a
 kernel is hashable, a static argument).
 
-* `gibbs(routing, ...)`: the paper's alternation (MODEL.md section 5):
+* `gibbs(routing, ...)`: the paper's alternation (docs/model.md section 5):
   h ~ p(h|v;c), v' ~ p(v|h;c), then c' = c(v') if `reroute` else c. It does
   not leave the routed model p(v) of section 4 invariant when routing is on.
 * `mh(routing, ...)`: the same proposal, corrected by Metropolis-Hastings
@@ -54,7 +54,7 @@ class Kernel(NamedTuple):
   routing: routing_lib.Routing
   visible: str
   name: str         # "gibbs", "mh" or "tempering"
-  exact: bool       # leaves the routed model p(v) of MODEL.md section 4
+  exact: bool       # leaves the routed model p(v) of docs/model.md section 4
                     # invariant (MH, or any kernel of the unrouted layer)
   refresh: Callable  # (params, state) -> state: the coefficients recomputed
                      # under new parameters (a persistent chain's, in PCD)
@@ -152,7 +152,7 @@ class _MHStep:
 
 def gibbs(routing: routing_lib.Routing, *, visible: str = "bernoulli",
           reroute: bool = True) -> Kernel:
-  """The paper's alternation (MODEL.md section 5) as a kernel.
+  """The paper's alternation (docs/model.md section 5) as a kernel.
 
   `reroute`: recompute c = c(v') after each visible sample; if False, c
   stays the chain's initial coefficients. Exact only for the unrouted
@@ -166,7 +166,7 @@ def gibbs(routing: routing_lib.Routing, *, visible: str = "bernoulli",
 
 
 def mh(routing: routing_lib.Routing, *, visible: str = "bernoulli") -> Kernel:
-  """The Metropolis-Hastings-corrected kernel (MODEL.md section 6): exact."""
+  """The Metropolis-Hastings-corrected kernel (docs/model.md section 6): exact."""
   routing_lib.check_routing(routing)
   visible = validation.visible_type(visible)
   return Kernel(_Init(routing), _MHStep(routing, visible), routing, visible,
@@ -183,7 +183,7 @@ def check_kernel(kernel) -> Kernel:
 
 
 def mh_log_ratio(params, v, v_new, h, c, c_new, *, visible="bernoulli"):
-  """log of the MH acceptance ratio of MODEL.md section 6, shape (...,).
+  """log of the MH acceptance ratio of docs/model.md section 6, shape (...,).
 
   `-E(v',h;c') - E(v,h;c') + E(v,h;c) + E(v',h;c)` with the terms that
   cancel (a.v, b.h, and the Gaussian |v - a|^2 / 2) removed analytically:
@@ -239,3 +239,18 @@ def run_chain(key, kernel: Kernel, state: ChainState, params, num_steps: int
   return state, RunInfo(
       jnp.concatenate([rates, last.acceptance_rate[None]]),
       jnp.concatenate([accepted, last.is_accepted[None]]), last)
+
+
+def sample_from_marginals(key, kernel: Kernel, params, marginals: jax.Array,
+                          *, num_chains: int, num_steps: int
+                          ) -> tuple[ChainState, RunInfo]:
+  """`num_chains` chains of `kernel` started at independent
+  `Bernoulli(marginals)` visible states (`marginals` (Nv, Dv): the data's
+  mean visible states), run for `num_steps` steps: the final `ChainState`
+  (`.v` the binary states) and the `RunInfo` (`.last.visible_mean` the last
+  step's means)."""
+  init_key, run_key = jax.random.split(key)
+  v0 = jax.random.bernoulli(init_key, marginals,
+                            (num_chains,) + marginals.shape)
+  state = kernel.init(params, v0.astype(params["W"].dtype))
+  return run_chain(run_key, kernel, state, params, num_steps)

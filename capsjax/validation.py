@@ -8,8 +8,8 @@ broadcasts.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 VISIBLE_TYPES = ("bernoulli", "gaussian")
 

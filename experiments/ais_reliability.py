@@ -29,11 +29,15 @@ from absl import app
 from absl import flags
 
 import capsjax
-from capsjax import data
-from experiments import evaluation
-from experiments import front_ends
-from experiments import metrics
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import metrics
+from experiments.runner.evaluation import capsules
+from experiments.runner.evaluation import likelihood
+from experiments.runner.evaluation import report
+from experiments.runner.evaluation import suite
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
                                required=True)
@@ -50,29 +54,31 @@ _NUM_RUNS = flags.DEFINE_integer("num_runs", 100, "AIS runs per estimate.",
 _BATCH = flags.DEFINE_integer("batch_size", 1_000, "Test examples per batch.",
                               lower_bound=1)
 
+@harness.exit_on_error(ValueError)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
-  try:
-    num_betas = [int(n) for n in _NUM_BETAS.value]
-    if min(num_betas) < 2:
-      raise ValueError("every --num_betas must be >= 2")
-    for kind in _SCHEDULES.value:
-      capsjax.beta_schedule(2, kind)  # raises for an unknown kind
-    config, state = train_lib.load_run(_WORKDIR.value)
-    if not front_ends.get(config).pixel_space:
-      raise ValueError(evaluation.NOT_PIXEL_SPACE)
-    d = train_lib.load_data(config)
-  except (ValueError, data.DatasetNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  num_betas = [int(n) for n in _NUM_BETAS.value]
+  if min(num_betas) < 2:
+    raise ValueError("every --num_betas must be >= 2")
+  for kind in _SCHEDULES.value:
+    capsjax.beta_schedule(2, kind)  # raises for an unknown kind
+  config, state = front_ends.load_run(_WORKDIR.value)
+  front_end = front_ends.get(config)
+  if not front_end.pixel_space:
+    raise ValueError(report.NOT_PIXEL_SPACE)
+  d = data_io.load_data(config)
   # The same test binarization and base model as experiments.evaluate.
-  keys = evaluation.evaluation_keys(0)
+  keys = suite.evaluation_keys(0)
   bs = _BATCH.value
-  test_v = evaluation.binarize_capsules(config, d.test, keys["test"], bs)
-  bias = evaluation.base_bias(config, d.train, keys["base"], bs)
-  rows = evaluation.ais_estimates(
-      train_lib.model_params(config, state), train_lib.make_routing(config), test_v, bias,
+  test_v = capsules.binarize_capsules(front_end, config.binarize, d.test,
+                                      keys["test"], bs)
+  bias = capsules.base_bias(front_end, config.binarize, d.train, keys["base"],
+                            bs)
+  rows = likelihood.ais_estimates(
+      factories.model_params(config, state), factories.make_routing(config),
+      test_v, bias,
       schedules=_SCHEDULES.value, num_betas=num_betas, seeds=_SEEDS.value,
       num_runs=_NUM_RUNS.value, batch_size=bs)
   out = _OUT.value or os.path.join(_WORKDIR.value, "ais_reliability")
@@ -80,8 +86,9 @@ def main(argv):
   title = f"AIS reliability of {_WORKDIR.value} (update {int(state.step)})"
   with open(os.path.join(out, "ais_reliability.json"), "w") as f:
     json.dump({"workdir": _WORKDIR.value, "step": int(state.step),
-               "rows": rows, "summary": evaluation.ais_summary(rows)}, f, indent=1)
-  markdown = evaluation.ais_markdown(rows, title)
+               "rows": rows, "summary": likelihood.ais_summary(rows)}, f,
+              indent=1)
+  markdown = report.ais_markdown(rows, title)
   with open(os.path.join(out, "ais_reliability.md"), "w") as f:
     f.write(markdown)
   print(markdown)

@@ -1,9 +1,9 @@
 r"""Every training mode on 2x2 bars-and-stripes, scored by exact log-likelihood.
 
-MODEL.md section 5's setting: the 6 patterns of 2x2 bars-and-stripes, each
+docs/model.md section 5's setting: the 6 patterns of 2x2 bars-and-stripes, each
 row a visible capsule (2 capsules of 2 pixels), 2 hidden capsules of 4,
 3 routing iterations, CD-1, plain SGD 0.1 on the full batch, 2000 steps.
-MODEL.md gives no initialization: W ~ N(0, 0.5^2) and zero biases start
+docs/model.md gives no initialization: W ~ N(0, 0.5^2) and zero biases start
 near its sketch's -2.81. PCD keeps 6 persistent MH chains started at the
 data. The exact average log-likelihood (nats per pattern, optimum
 -log 6 = -1.79) comes from enumerating all 16 visible states; each mode's
@@ -20,19 +20,15 @@ With seed 0 the final means were: unrouted -2.72, paper's alternation
 -2.05, PCD -2.60, uncorrected chains + through routing -23 (a mode
 capsjax 0.2 refuses: differentiating through the routing needs chains that
 sample the routed model exactly, so it is no longer run).
-"""
 
-import functools
-import itertools
+The machinery: experiments/runner/baselines/bars_and_stripes.py.
+"""
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-import capsjax
+from experiments.runner.baselines import bars_and_stripes as bs
 
 _STEPS = flags.DEFINE_integer("steps", 2000, "SGD steps (full batch).")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.1, "Plain SGD step.")
@@ -41,110 +37,18 @@ _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 5, "Seeds per mode.")
 _INIT_SCALE = flags.DEFINE_float(
     "init_scale", 0.5, "Initial W std (0.5 starts near the sketch's -2.81).")
 
-NUM_HIDDEN, HIDDEN_DIM, ROUTED = 2, 4, 3
-
-# name -> (options, persistent chains?): `num_iterations`, the kernel (`mh`,
-# else Gibbs with `reroute`) and `through_routing`. Each mode's model is
-# scored with its own `num_iterations`.
-MODES = {
-    "unrouted (r=1)": (dict(num_iterations=1), False),
-    "paper's alternation": (dict(num_iterations=ROUTED), False),
-    "alternation, no reroute": (dict(num_iterations=ROUTED, reroute=False),
-                                False),
-    "MH, stop-gradient c": (dict(num_iterations=ROUTED, mh=True), False),
-    "MH + through routing": (
-        dict(num_iterations=ROUTED, mh=True, through_routing=True), False),
-    "PCD (MH chains)": (dict(num_iterations=ROUTED, mh=True), True),
-}
-
-
-def routing(mode: str) -> capsjax.Routing:
-  return capsjax.Routing(MODES[mode][0]["num_iterations"])
-
-
-def kernel(mode: str) -> capsjax.Kernel:
-  """The negative phase's kernel of `mode`."""
-  options = MODES[mode][0]
-  if options.get("mh", False):
-    return capsjax.mh(routing(mode))
-  return capsjax.gibbs(routing(mode), reroute=options.get("reroute", True))
-
-
-def patterns() -> jax.Array:
-  """The 6 distinct 2x2 bars-and-stripes images, rows as capsules: (6, 2, 2)."""
-  images = set()
-  for bits in itertools.product((0.0, 1.0), repeat=2):
-    bars = np.repeat(np.array(bits)[:, None], 2, axis=1)  # each row constant
-    images |= {tuple(bars.ravel()), tuple(bars.T.ravel())}
-  return jnp.asarray(sorted(images), jnp.float32).reshape(-1, 2, 2)
-
-
-def init_params(key, init_scale: float):
-  """W ~ N(0, init_scale^2); zero biases (every pixel's marginal is 1/2)."""
-  w = init_scale * jax.random.normal(key, (2, NUM_HIDDEN, HIDDEN_DIM, 2))
-  return {"W": w, "a": jnp.zeros((2, 2)),
-          "b": jnp.zeros((NUM_HIDDEN, HIDDEN_DIM))}
-
-
-@functools.partial(jax.jit, static_argnames="routing")
-def log_likelihood(params, routing: capsjax.Routing) -> jax.Array:
-  """Exact mean log p(v) over the 6 patterns, nats per pattern."""
-  log_z = capsjax.exact_log_z(params, routing)
-  return jnp.mean(capsjax.log_prob(params, patterns(), routing, log_z))
-
-
-@functools.partial(jax.jit, static_argnames=("mode", "steps"))
-def train(key, learning_rate=0.1, init_scale=0.5, *, mode: str, steps: int):
-  """Trains one model on the 6 patterns; returns (initial, final) params.
-
-  Only `mode` and `steps` are static; `run_mode` maps it over seeds.
-  """
-  options, persistent = MODES[mode]
-  chains = kernel(mode)
-  data = patterns()
-  key_init, key_train = jax.random.split(key)
-  params = init_params(key_init, init_scale)
-  optimizer = optax.sgd(learning_rate)
-  state = capsjax.init_train_state(
-      params, optimizer,
-      chain=chains.init(params, data) if persistent else None)
-  step = functools.partial(
-      capsjax.train_step, optimizer=optimizer, kernel=chains, k=1,
-      through_routing=options.get("through_routing", False))
-  # train_step folds the step count into the key: one key serves every step.
-  state, _ = jax.lax.scan(lambda s, _: (step(key_train, s, data)[0], None),
-                          state, length=steps)
-  return params, state.params
-
-
-def run_mode(mode: str, keys, *, steps: int, learning_rate: float = 0.1,
-             init_scale: float = 0.5):
-  """One model per key; returns (final params, LL at start, LL at end)."""
-  # lax.map, not vmap: the seeds' results are the same, compilation faster.
-  initial, final = jax.lax.map(
-      lambda k: train(k, learning_rate, init_scale, mode=mode, steps=steps),
-      keys)
-  evaluate = jax.vmap(functools.partial(log_likelihood,
-                                        routing=routing(mode)))
-  return final, evaluate(initial), evaluate(final)
-
-
-def seed_keys(seed: int, num_seeds: int):
-  return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(
-      jnp.arange(num_seeds))
-
 
 def main(argv):
   del argv
-  keys = seed_keys(_SEED.value, _NUM_SEEDS.value)
+  keys = bs.seed_keys(_SEED.value, _NUM_SEEDS.value)
   print(f"2x2 bars-and-stripes, {_STEPS.value} steps of SGD "
         f"{_LEARNING_RATE.value}, CD-1, W ~ N(0, {_INIT_SCALE.value}^2), "
         f"{_NUM_SEEDS.value} seeds (mean ± std); optimum -log 6 = "
         f"{-np.log(6):.2f}\n")
   print("| mode | LL start | LL end | LL end per seed |")
   print("| --- | --- | --- | --- |")
-  for mode in MODES:
-    _, start, end = run_mode(mode, keys, steps=_STEPS.value,
+  for mode in bs.MODES:
+    _, start, end = bs.run_mode(mode, keys, steps=_STEPS.value,
                              learning_rate=_LEARNING_RATE.value,
                              init_scale=_INIT_SCALE.value)
     start, end = np.asarray(start), np.asarray(end)

@@ -16,7 +16,7 @@ k-means clustering accuracy on the hidden probabilities, and with
 experiments.train_classifier`) the Fréchet distance between
 --frechet_samples model samples and the binarized test set on its features,
 with the train-versus-test distance as the floor. See
-experiments/evaluation.py.
+experiments/runner/evaluation/.
 """
 
 import os
@@ -25,17 +25,21 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from capsjax import data
-from experiments import classifier
-from experiments import evaluation
-from experiments import metrics
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import metrics
+from experiments.runner.evaluation import likelihood
+from experiments.runner.evaluation import report
+from experiments.runner.evaluation import suite
+from experiments.runner.models import classifier
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
                                required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: "
                            "WORKDIR/eval).")
-_AIS = flags.DEFINE_enum("ais", "quick", sorted(evaluation.AIS_PRESETS),
+_AIS = flags.DEFINE_enum("ais", "quick", sorted(likelihood.AIS_PRESETS),
                          "AIS preset: quick (1,000 betas x 32 runs) or full "
                          "(14,500 x 100).")
 _NUM_BETAS = flags.DEFINE_integer("num_betas", None, "Overrides the preset's "
@@ -68,32 +72,30 @@ _REVERSE = flags.DEFINE_integer(
     lower_bound=0)
 
 
+@harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
   workdir = _WORKDIR.value
-  try:
-    config, state = train_lib.load_run(workdir)
-    d = train_lib.load_data(config)
-    clf = (classifier.load(_CLASSIFIER.value, batch_size=_BATCH.value)
-           if _CLASSIFIER.value else None)
-  except (train_lib.ConfigError, train_lib.DataError,
-          data.DatasetNotFoundError, classifier.ClassifierError) as e:
-    raise SystemExit(f"error: {e}") from None
-  settings = evaluation.Settings(
+  config, state = front_ends.load_run(workdir)
+  front_end = front_ends.get(config)
+  d = data_io.load_data(config)
+  clf = (classifier.load(_CLASSIFIER.value, batch_size=_BATCH.value)
+         if _CLASSIFIER.value else None)
+  settings = suite.Settings(
       ais=_AIS.value, num_betas=_NUM_BETAS.value, num_runs=_NUM_RUNS.value,
       probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
       batch_size=_BATCH.value, seed=_SEED.value,
       frechet_samples=_FD_SAMPLES.value, frechet_steps=_FD_STEPS.value,
       frechet_mh=_FD_MH.value, reverse_ais_examples=_REVERSE.value)
-  results = evaluation.evaluate(config, int(state.step),
-                                train_lib.model_params(config, state), d,
-                                settings, classifier=clf)
+  results = suite.evaluate(config, front_end, int(state.step),
+                           factories.model_params(config, state), d,
+                           settings, classifier=clf)
   out = _OUT.value or os.path.join(workdir, "eval")
-  paths = evaluation.write(results, out, title=f"Evaluation of {workdir}")
+  paths = report.write(results, out, title=f"Evaluation of {workdir}")
   logging.info("Step %d: wrote %s", results["step"], ", ".join(paths))
-  print(evaluation.to_markdown(results, title=f"Evaluation of {workdir}"))
+  print(report.to_markdown(results, title=f"Evaluation of {workdir}"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ A .png --out: the top block shows the samples (the chains' last visible
 means for gibbs, the binary final states for anneal); below it, rows of
 test images each followed by a row of their one-pass reconstructions.
 Layers on an autoencoder or on a lower capsule layer (config.front_end) are
-decoded to pixels by their front end (experiments/front_ends.py): there
+decoded to pixels by their front end (experiments/runner/front_ends.py): there
 each test row is followed by the decoded visible capsules and the decoded
 reconstruction.
 
@@ -31,57 +31,22 @@ A .npz --out: the arrays
 with N = --num_samples (default: the config's num_samples).
 """
 
-import functools
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import capsjax
-from capsjax import data
-from experiments import front_ends
-from experiments import images
-from experiments import metrics
-from experiments import train_lib
-
-def anneal_sampler(config, num_betas: int):
-  """Jitted `(params, key, marginals) -> (binary states, acceptance)`: the
-  final states of `config.num_samples` AIS runs from the base model with
-  the data's marginals (`capsjax.base_rate_bias`) to the model."""
-  routing = train_lib.make_routing(config)
-
-  @jax.jit
-  def sample(params, key, marginals):
-    result = capsjax.ais(key, params, routing, num_betas=num_betas,
-                         num_runs=config.num_samples,
-                         base_bias=capsjax.base_rate_bias(marginals[None]))
-    return result.samples, result.acceptance_rate
-
-  return sample
-
-
-def draw(config, params, key, marginals, *, method: str, mh: bool = False,
-         num_betas: int = 1_000) -> tuple[np.ndarray, np.ndarray, float]:
-  """(binary states (N, Nv, Dv), images (N, 28, 28) in [0, 1], acceptance)
-  of `config.num_samples` samples by `method` ("gibbs" or "anneal")."""
-  marginals = jnp.asarray(marginals)
-  if method == "gibbs":
-    states, means, rate = train_lib.make_sampler(config, mh, states=True)(
-        params, key, marginals)
-  elif method == "anneal":
-    states, rate = anneal_sampler(config, num_betas)(params, key, marginals)
-    means = states
-  else:
-    raise ValueError(f"method must be 'gibbs' or 'anneal'; got {method!r}")
-  to_images = functools.partial(front_ends.to_numpy_images,
-                                front_ends.get(config))
-  samples = np.clip(to_images(means), 0.0, 1.0).astype(np.float32)
-  return np.asarray(states), samples, float(rate)
-
+from experiments.runner import data as data_io
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import images
+from experiments.runner import metrics
+from experiments.runner import monitors
+from experiments.runner import visible
 
 FLAGS = flags.FLAGS
 
@@ -108,26 +73,25 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Seed of the chains.")
 
 
+@harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
-  try:
-    config, state = train_lib.load_run(FLAGS.workdir)
-    d = train_lib.load_data(config)
-  except (train_lib.ConfigError, train_lib.DataError,
-          data.DatasetNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  config, state = front_ends.load_run(FLAGS.workdir)
+  front_end = front_ends.get(config)
+  d = data_io.load_data(config)
   if FLAGS.steps is not None:
     config.sample_steps = FLAGS.steps
   if FLAGS.num_samples is not None:
     config.num_samples = FLAGS.num_samples
   method, out = FLAGS.method, FLAGS.out
-  marginals = train_lib.grey_marginals(config, d.train)
+  marginals = visible.marginals(front_end, d.train)
   key = jax.random.key(FLAGS.seed)
   if out.lower().endswith(".npz"):
-    states, samples, acceptance = draw(
-        config, train_lib.model_params(config, state), key, marginals,
+    states, samples, acceptance = monitors.draw(
+        config, front_end, factories.model_params(config, state), key,
+        marginals,
         method=method, mh=FLAGS.mh, num_betas=FLAGS.num_betas)
     length = ({"num_steps": config.sample_steps, "mh": FLAGS.mh}
               if method == "gibbs" else {"num_betas": FLAGS.num_betas})
@@ -138,12 +102,12 @@ def main(argv):
                         step=np.int64(state.step), method=method, **length)
   else:
     if method == "gibbs":
-      sampler = train_lib.make_sampler(config, mh=FLAGS.mh)
+      sampler = monitors.make_sampler(config, mh=FLAGS.mh)
     else:
-      sampler = anneal_sampler(config, FLAGS.num_betas)
-    blocks, acceptance = train_lib.sample_figure(
-        config, sampler, train_lib.model_params(config, state), key, d.test,
-        marginals)
+      sampler = monitors.anneal_sampler(config, FLAGS.num_betas)
+    blocks, acceptance = monitors.sample_figure(
+        config, front_end, sampler, factories.model_params(config, state), key,
+        d.test, marginals)
     images.save_png(out, *blocks)
   what = (f"{config.num_samples} chains x {config.sample_steps} steps"
           + (", MH" if FLAGS.mh else "") if method == "gibbs" else

@@ -18,9 +18,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from capsjax import data
-from experiments import metrics
-from experiments import train_lib
+from experiments.runner import harness
+from experiments.runner import loop
+from experiments.runner import metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
                                "and samples go.", required=True)
@@ -61,17 +61,13 @@ def initialize_distributed() -> None:
     logging.set_verbosity(logging.WARNING)  # process 0 logs the run
 
 
+@harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
   initialize_distributed()
-  try:
-    train_lib.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (train_lib.ConfigError, train_lib.DataError,
-          train_lib.DivergenceError, train_lib.CheckpointError,
-          data.DatasetNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None  # a message, not a traceback
+  loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ r"""Trains the convolutional autoencoder whose code the capsule PoE routes.
       --config=experiments/configs/autoencoders/mnist.py \
       --config.data_manual_dir=../shared/data/mnist
 
-(the IDX folder is only needed offline). Re-running the command resumes from the latest checkpoint. Then train the
-PoE on its codes (experiments/configs/mnist_autoencoder_poe.py). Without
---config, experiments/configs/autoencoders/default.py (the embedded subset,
-a short run) is used. See experiments/autoencoder.py for what is written.
+(the IDX folder is only needed offline). Re-running the command resumes
+from the latest checkpoint. Then train the PoE on its codes
+(experiments/configs/mnist_autoencoder_poe.py). Without --config,
+experiments/configs/autoencoders/default.py (the embedded subset, a short
+run) is used. See experiments/runner/models/autoencoder.py for what
+is written (experiments/runner/models/autoencoder_training.py trains).
 """
 
 import json
@@ -17,10 +19,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from capsjax import data
-from experiments import autoencoder
-from experiments import metrics
-from experiments import train_lib
+from experiments.runner import harness
+from experiments.runner import metrics
+from experiments.runner.models import autoencoder_training
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the autoencoder goes.",
                                required=True)
@@ -31,16 +32,13 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 
 
+@harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
-  try:
-    results = autoencoder.train_and_evaluate(flags.FLAGS.config,
-                                             _WORKDIR.value)
-  except (autoencoder.AutoencoderError, train_lib.ConfigError,
-          train_lib.CheckpointError, data.DatasetNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  results = autoencoder_training.train_and_evaluate(flags.FLAGS.config,
+                                                    _WORKDIR.value)
   print(json.dumps(results, indent=2))
 
 

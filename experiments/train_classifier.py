@@ -6,7 +6,7 @@ r"""Trains the small MNIST classifier whose features the Fréchet distance uses.
 The default dataset is the embedded subset (`mnist_small`, offline); use
 full MNIST for reported numbers. Prints the test accuracy on grey and on
 stochastically binarized test images and writes WORKDIR/classifier.json and
-WORKDIR/checkpoint (experiments/classifier.py). Then
+WORKDIR/checkpoint (experiments/runner/models/classifier.py). Then
 
   python -m experiments.evaluate --workdir=RUN \
       --classifier_workdir=runs/classifier
@@ -22,9 +22,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from capsjax import data
-from experiments import classifier
-from experiments import metrics
+from experiments.runner import harness
+from experiments.runner import metrics
+from experiments.runner.models import classifier
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the classifier goes.",
                                required=True)
@@ -35,15 +35,13 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", 250, "Print the loss every "
                                   "this many steps (0: never).", lower_bound=0)
 
 
+@harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_orbax_logging()
-  try:
-    results = classifier.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
-                                            log_every=_LOG_EVERY.value)
-  except (classifier.ClassifierError, data.DatasetNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  results = classifier.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                                          log_every=_LOG_EVERY.value)
   print(json.dumps(results, indent=2))
   print(f"test accuracy {results['test_accuracy']:.4f} (grey), "
         f"{results['test_accuracy_binarized']:.4f} (binarized); "

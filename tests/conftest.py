@@ -22,11 +22,25 @@ idles; the files in SHARED_FIXTURE_FILES go to one worker each, whole,
 because their tests share expensive module-scoped fixtures (a trained
 classifier, an autoencoder, the one-device reference training, MCMC visit
 frequencies) that each worker would otherwise build again.
+
+Raw MNIST: the tests that read the four official MNIST IDX .gz files take
+the `raw_mnist_dir` fixture, the folder named by the environment variable
+CAPSJAX_MNIST_DIR (MNIST_DIR_VAR); where it is unset they skip, saying so.
+.ci/run sets it when the development machine's copy exists. Runner
+subprocesses inherit it with the rest of the environment.
+
+Hypothesis profiles (HYPOTHESIS_PROFILE, default "ci"): "ci", few examples
+and derandomized (the same examples every run, for the default and CI
+runs); "nightly", many random examples that change from run to run (to
+explore; a failure prints the example and how to reproduce it). Both have
+no deadline: the first example of a new shape compiles.
 """
 
 import os
+import pathlib
 import tempfile
 
+import hypothesis
 import pytest
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -36,6 +50,38 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=0").strip()
+
+hypothesis.settings.register_profile(
+    "ci", max_examples=10, deadline=None, derandomize=True,
+    print_blob=True)
+hypothesis.settings.register_profile(
+    "nightly", max_examples=200, deadline=None, derandomize=False,
+    print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+MNIST_DIR_VAR = "CAPSJAX_MNIST_DIR"
+MNIST_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                   "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(scope="session")
+def raw_mnist_dir():
+  """The folder of the four raw MNIST IDX .gz files, from CAPSJAX_MNIST_DIR.
+
+  Unset: the test skips. Set to a folder without the four files: the test
+  fails (a misconfigured run should not pass by skipping).
+  """
+  value = os.environ.get(MNIST_DIR_VAR)
+  if not value:
+    pytest.skip(f"raw MNIST not configured: set {MNIST_DIR_VAR} to a folder "
+                "with the four MNIST IDX .gz files")
+  folder = pathlib.Path(value).expanduser().resolve()
+  missing = [f for f in MNIST_IDX_FILES if not (folder / f).is_file()]
+  if missing:
+    pytest.fail(f"{MNIST_DIR_VAR}={value}: missing {', '.join(missing)}",
+                pytrace=False)
+  return folder
+
 
 SHARED_FIXTURE_FILES = frozenset({
     "tests/test_frechet.py", "tests/test_pipelines.py",

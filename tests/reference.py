@@ -48,7 +48,7 @@ def predictions(W, v):
 
 
 def energy(params, v, h, c, visible="bernoulli"):
-  """E(v, h; c) of MODEL.md section 3 for one example, by explicit sums."""
+  """E(v, h; c) of docs/model.md section 3 for one example, by explicit sums."""
   W, a, b = (np.asarray(params[k], np.float64) for k in ("W", "a", "b"))
   nv, nh, _, _ = W.shape
   e = 0.0
@@ -79,7 +79,7 @@ def free_energy(params, v, c, visible="bernoulli"):
 
 
 def routed_log_probs(params, r, temperature=1.0):
-  """log p(v) of the routed model (MODEL.md section 4) for every binary v.
+  """log p(v) of the routed model (docs/model.md section 4) for every binary v.
 
   Returns (states (S, Nv, Dv), log_p (S,)). `r` routing iterations at
   routing temperature `temperature` (see `route`).

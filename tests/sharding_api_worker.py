@@ -21,14 +21,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 import capsjax
-import capsjax.data
 from capsjax import routing as routing_lib
+import capsjax.data
 
 BATCH = 16
 

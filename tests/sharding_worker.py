@@ -20,8 +20,13 @@ import sys
 import jax
 import numpy as np
 
-from experiments import sharding
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import errors
+from experiments.runner import front_ends
+from experiments.runner import loop
+from experiments.runner import sharding
+from experiments.runner import state as state_lib
+from experiments.runner import update as update_lib
 from tests import test_train
 
 
@@ -41,12 +46,12 @@ def save_params(path, state):
 
 def binarized_batch(cfg, train_grey, shardings):
   """Update 3's binarized batch, as the update computes it."""
-  keys = train_lib._keys(cfg)  # pylint: disable=protected-access
+  keys = state_lib.keys(cfg)
   key = jax.random.fold_in(keys["binarize"], 3)
-  to_v = jax.jit(lambda g: train_lib.batch_capsules(cfg, g, key,
-                                                     shardings.batch))
+  to_v = jax.jit(lambda g: update_lib.batch_capsules(
+      cfg, front_ends.get(cfg), g, key, shardings.batch))
   with jax.set_mesh(shardings.mesh):
-    return np.asarray(to_v(train_lib.train_batch(cfg, train_grey, 3,
+    return np.asarray(to_v(update_lib.train_batch(cfg, train_grey, 3,
                                                  shardings)))
 
 
@@ -57,29 +62,29 @@ def main(out_dir, data_dir, resume_workdir):
           "8_sharded_w": dict(num_devices=8, shard_weights=True)}
   for name, overrides in runs.items():
     cfg = config(data_dir, **overrides)
-    state = train_lib.train_and_evaluate(cfg, os.path.join(out_dir, name))
+    state = loop.train_and_evaluate(cfg, os.path.join(out_dir, name))
     save_params(os.path.join(out_dir, f"params_{name}.npz"), state)
     facts[f"W_spec_{name}"] = list(state.params["W"].sharding.spec)
     facts[f"chain_spec_{name}"] = list(state.chain.v.sharding.spec)
 
   # The random bits of a step do not depend on how the batch is split.
-  grey = train_lib.load_data(config(data_dir)).train
-  batches = [binarized_batch(config(data_dir, num_devices=n), grey,
-                             train_lib.make_shardings(config(data_dir,
-                                                             num_devices=n)))
-             for n in (1, 8)]
+  grey = data_io.load_data(config(data_dir)).train
+  cfgs = [config(data_dir, num_devices=n) for n in (1, 8)]
+  batches = [binarized_batch(cfg, grey, state_lib.make_shardings(
+      cfg, front_ends.get(cfg))) for cfg in cfgs]
   facts["binarized_batch_equal"] = bool(np.array_equal(*batches))
 
   try:
-    train_lib.make_shardings(config(data_dir, num_devices=8, batch_size=20))
-  except train_lib.ConfigError as e:
+    cfg = config(data_dir, num_devices=8, batch_size=20)
+    state_lib.make_shardings(cfg, front_ends.get(cfg))
+  except errors.ConfigError as e:
     facts["indivisible_batch_error"] = str(e)
 
   # Checkpoints across device counts: 1 -> 8 here, 8 -> 1 in the parent.
-  state = train_lib.train_and_evaluate(config(data_dir, num_devices=8),
+  state = loop.train_and_evaluate(config(data_dir, num_devices=8),
                                        resume_workdir)
   save_params(os.path.join(out_dir, "params_resumed_on_8.npz"), state)
-  train_lib.train_and_evaluate(config(data_dir, num_devices=8, num_steps=5),
+  loop.train_and_evaluate(config(data_dir, num_devices=8, num_steps=5),
                                os.path.join(out_dir, "from8"))
 
   with open(os.path.join(out_dir, "facts.json"), "w") as f:

@@ -11,7 +11,7 @@ import os
 
 from absl import app
 from absl import flags
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity  # orbax's public export
 
 from experiments import train
 

@@ -133,7 +133,7 @@ def skewed_data(seed, num=100):
 # Briefly trained layers: 4x4 bars-and-stripes (30 patterns; row i is
 # capsule i), full batch, Adam 0.05, W ~ N(0, 0.5^2) at the start. The
 # routed layer trains with MH chains and gradients through routing (the
-# variant MODEL.md section 5 reports as learning), the unrouted with CD-1.
+# variant docs/model.md section 5 reports as learning), the unrouted with CD-1.
 # After 200 steps the weights are far from the random ones' scale and
 # shape the distribution (see test_training_moved_the_model).
 TRAIN_STEPS, TRAIN_LR = 200, 0.05

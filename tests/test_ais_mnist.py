@@ -21,7 +21,7 @@ import pytest
 
 import capsjax
 from capsjax import data as data_lib
-from experiments import evaluation
+from experiments.runner.evaluation import likelihood
 
 ROUTING = capsjax.Routing(1)
 OPTIMIZED = {"xla_backend_optimization_level": 2}
@@ -70,7 +70,7 @@ def test_ais_matches_hidden_enumeration_at_784_visible_neurons():
 
   exact = _optimized(functools.partial(capsjax.exact_log_z, routing=ROUTING,
                                        over="hidden"), params)
-  num_betas, _ = evaluation.AIS_PRESETS["full"]
+  num_betas, _ = likelihood.AIS_PRESETS["full"]
   num_runs = 25
   result = _optimized(
       lambda key, p, base: capsjax.ais(key, p, ROUTING, num_betas=num_betas,

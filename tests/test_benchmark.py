@@ -11,8 +11,8 @@ import jax
 import optax
 import pytest
 
-import capsjax
 from benchmarks import cd_benchmark
+import capsjax
 
 
 @pytest.mark.parametrize("monitors", [True, False])

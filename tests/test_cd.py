@@ -164,7 +164,7 @@ def _exact_expected_cd1(params, data, r, mh):
     p_v_given_h = np.prod(np.where(vs[None] == 1, pv[:, None], 1 - pv[:, None]),
                           axis=(2, 3))                          # (64, 512)
     if mh:
-      # Acceptance of proposal v' from v0 given h (MODEL.md section 6).
+      # Acceptance of proposal v' from v0 given h (docs/model.md section 6).
       hh = hs[:, None]
       log_alpha = (-_np_energy(params, vs[None], hh, c_all[None])
                    - _np_energy(params, v0, hh, c_all[None])

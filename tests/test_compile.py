@@ -3,7 +3,6 @@
 Speed itself is measured in benchmarks/cd_benchmark.py, never asserted here.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from experiments import train_lib
+from experiments.runner import config as config_lib
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1]
                                   / "experiments" / "configs").glob("*.py")
@@ -17,8 +17,9 @@ def test_config_is_valid_and_documented(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   assert "python -m experiments.train" in module.__doc__
   assert "Expected" in module.__doc__
-  train_lib.validate_config(module.get_config())
+  config_lib.validate_config(module.get_config())
 
 
 def test_all_configs_found():
-  assert {"default", "mnist", "mnist_norouting", "fashion_mnist"} <= set(CONFIGS)
+  assert {"default", "mnist", "mnist_norouting",
+          "fashion_mnist"} <= set(CONFIGS)

@@ -1,4 +1,5 @@
-"""Tests for capsjax.data: TFDS builders, loading, binarization, capsule patches."""
+"""Tests for capsjax.data: TFDS builders, loading, binarization, capsule
+patches."""
 
 import functools
 import gzip
@@ -19,15 +20,12 @@ import tensorflow_datasets as tfds
 from capsjax import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RAW = REPO.parent / "shared" / "data" / "mnist"  # absent on users' machines
+# The raw MNIST files: the `raw_mnist_dir` fixture (tests/conftest.py,
+# CAPSJAX_MNIST_DIR); the tests that take it skip where it is unset.
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-needs_raw = pytest.mark.skipif(
-    not all((RAW / f).is_file() for pair in IDX_NAMES.values() for f in pair),
-    reason=f"raw MNIST IDX files not found in {RAW} (dev/CI only)",
-)
 
 
 def parse_idx(path):
@@ -50,9 +48,9 @@ def write_idx(path, array):
 
 
 @functools.cache
-def raw_split(split):
+def raw_split(raw_dir, split):
   images, labels = IDX_NAMES[split]
-  return parse_idx(RAW / images), parse_idx(RAW / labels)
+  return parse_idx(raw_dir / images), parse_idx(raw_dir / labels)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +61,10 @@ def small_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-  if not RAW.is_dir():
-    pytest.skip(f"raw MNIST IDX files not found in {RAW} (dev/CI only)")
+def mnist_dir(tmp_path_factory, raw_mnist_dir):
   d = tmp_path_factory.mktemp("tfds_mnist")
-  data.prepare("mnist", data_dir=d, manual_dir=RAW)  # ~8 s, once per session
+  # ~8 s, once per session
+  data.prepare("mnist", data_dir=d, manual_dir=raw_mnist_dir)
   return d
 
 
@@ -80,14 +77,15 @@ def test_mnist_small_loads(small_dir, split, n):
   assert images.shape == (n, 28, 28) and images.dtype == np.float32
   assert labels.shape == (n,) and labels.dtype == np.int32
   assert images.min() == 0.0 and images.max() == 1.0
-  np.testing.assert_array_equal(np.bincount(labels, minlength=10), [n // 10] * 10)
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                [n // 10] * 10)
   np.testing.assert_allclose(images * 255, np.round(images * 255), atol=1e-3)
 
 
-@needs_raw
 @pytest.mark.parametrize("split,per_class", [("train", 500), ("test", 100)])
-def test_mnist_small_matches_raw_at_documented_indices(small_dir, split, per_class):
-  raw_images, raw_labels = raw_split(split)
+def test_mnist_small_matches_raw_at_documented_indices(small_dir, raw_mnist_dir,
+                                                       split, per_class):
+  raw_images, raw_labels = raw_split(raw_mnist_dir, split)
   # Documented selection: first `per_class` of each digit, in file order.
   expected = np.sort(np.concatenate(
       [np.flatnonzero(raw_labels == c)[:per_class] for c in range(10)]
@@ -96,13 +94,14 @@ def test_mnist_small_matches_raw_at_documented_indices(small_dir, split, per_cla
     np.testing.assert_array_equal(npz[f"{split}_index"], expected)
   images, labels = data.load_split("mnist_small", split, data_dir=small_dir)
   np.testing.assert_array_equal(labels, raw_labels[expected])
-  np.testing.assert_array_equal(np.round(images * 255).astype(np.uint8), raw_images[expected])
+  np.testing.assert_array_equal(np.round(images * 255).astype(np.uint8),
+                                raw_images[expected])
 
 
-@needs_raw
-def test_make_mnist_small_reproduces_packaged_file():
-  make = runpy.run_path(str(REPO / "capsjax" / "datasets" / "make_mnist_small.py"))["make"]
-  fresh = make(RAW)
+def test_make_mnist_small_reproduces_packaged_file(raw_mnist_dir):
+  make = runpy.run_path(
+      str(REPO / "capsjax" / "datasets" / "make_mnist_small.py"))["make"]
+  fresh = make(raw_mnist_dir)
   with data.SMALL_NPZ.open("rb") as f, np.load(f) as npz:
     assert sorted(npz.files) == sorted(fresh)
     for k in npz.files:
@@ -116,7 +115,8 @@ def test_packaged_file_is_small():
 
 
 def test_registered_name_works_with_tfds_data_source(small_dir):
-  ds = tfds.data_source("capsjax_mnist_small", split="test", data_dir=small_dir, download=False)
+  ds = tfds.data_source("capsjax_mnist_small", split="test",
+                        data_dir=small_dir, download=False)
   assert len(ds) == 1000
   ex = ds[0]
   assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8
@@ -124,8 +124,10 @@ def test_registered_name_works_with_tfds_data_source(small_dir):
 
 
 def test_split_slicing(small_dir):
-  images, labels = data.load_split("mnist_small", "test[:10]", data_dir=small_dir)
-  full_images, full_labels = data.load_split("mnist_small", "test", data_dir=small_dir)
+  images, labels = data.load_split("mnist_small", "test[:10]",
+                                   data_dir=small_dir)
+  full_images, full_labels = data.load_split("mnist_small", "test",
+                                             data_dir=small_dir)
   np.testing.assert_array_equal(images, full_images[:10])
   np.testing.assert_array_equal(labels, full_labels[:10])
 
@@ -134,22 +136,22 @@ def test_split_slicing(small_dir):
 
 
 @pytest.mark.slow
-@needs_raw
-def test_full_mnist_matches_raw(mnist_dir):
+def test_full_mnist_matches_raw(mnist_dir, raw_mnist_dir):
   builder = data.get_builder("mnist", data_dir=mnist_dir)
   assert builder.info.splits["train"].num_examples == 60000
   assert builder.info.splits["test"].num_examples == 10000
   train = builder.as_data_source("train")
-  raw_images, raw_labels = raw_split("train")
+  raw_images, raw_labels = raw_split(raw_mnist_dir, "train")
   for i in (0, 59999):
     np.testing.assert_array_equal(train[i]["image"][..., 0], raw_images[i])
     assert train[i]["label"] == raw_labels[i]
   images, labels = data.load_split("mnist", "test", data_dir=mnist_dir)
-  raw_images, raw_labels = raw_split("test")
+  raw_images, raw_labels = raw_split(raw_mnist_dir, "test")
   assert images.shape == (10000, 28, 28)
   np.testing.assert_array_equal(labels, raw_labels)
   for i in (0, 9999):
-    np.testing.assert_array_equal(np.round(images[i] * 255).astype(np.uint8), raw_images[i])
+    np.testing.assert_array_equal(
+        np.round(images[i] * 255).astype(np.uint8), raw_images[i])
   # Prepared data is reused: no manual_dir needed any more.
   data.prepare("mnist", data_dir=mnist_dir, manual_dir=None)
 
@@ -161,13 +163,15 @@ def test_full_mnist_matches_raw(mnist_dir):
 def test_missing_manual_dir_gives_clear_error(tmp_path, name):
   missing = tmp_path / "no_such_dir"
   with pytest.raises(data.DatasetNotFoundError) as info:
-    data.load_split(name, "train", data_dir=tmp_path / "tfds", manual_dir=missing)
+    data.load_split(name, "train", data_dir=tmp_path / "tfds",
+                    manual_dir=missing)
   msg = str(info.value)
   assert str(missing) in msg and "--config.data_manual_dir" in msg
   assert "train-images-idx3-ubyte.gz" in msg and "internet" in msg
   assert isinstance(info.value, ValueError)
   assert str(info.traceback[-1].path).endswith("data.py")  # raised by us
-  assert not data.get_builder(name, data_dir=tmp_path / "tfds").data_path.exists()
+  builder = data.get_builder(name, data_dir=tmp_path / "tfds")
+  assert not builder.data_path.exists()
 
 
 def test_offline_without_manual_dir_fails_fast(tmp_path, monkeypatch):
@@ -180,7 +184,8 @@ def test_wrong_files_give_checksum_error(tmp_path):
   for split, (images, labels) in IDX_NAMES.items():
     write_idx(tmp_path / images, np.zeros((3, 28, 28), np.uint8))
     write_idx(tmp_path / labels, np.zeros((3,), np.uint8))
-  with pytest.raises(data.DatasetNotFoundError, match="SHA256 mismatch") as info:
+  with pytest.raises(data.DatasetNotFoundError,
+                     match="SHA256 mismatch") as info:
     data.prepare("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path)
   assert info.value.__suppress_context__  # no TFDS traceback attached
 
@@ -191,12 +196,14 @@ def test_unknown_dataset_name(tmp_path):
 
 
 def test_download_path_with_local_server(tmp_path, monkeypatch):
-  """The internet code path (dl_manager.download + checksums), served locally."""
+  """The internet code path (dl_manager.download + checksums), served
+  locally."""
   served = tmp_path / "served"
   served.mkdir()
   arrays = {}
   for split, (images, labels) in IDX_NAMES.items():
-    x = np.random.default_rng(len(split)).integers(0, 256, (7, 28, 28), np.uint8)
+    x = np.random.default_rng(len(split)).integers(0, 256, (7, 28, 28),
+                                                   np.uint8)
     y = np.arange(7, dtype=np.uint8)
     write_idx(served / images, x)
     write_idx(served / labels, y)
@@ -219,7 +226,8 @@ def test_download_path_with_local_server(tmp_path, monkeypatch):
           for f in served.iterdir()
       }
 
-    builder = LocalIdx(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder = LocalIdx(data_dir=str(tmp_path / "tfds"),
+                       file_format="array_record")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
@@ -229,7 +237,8 @@ def test_download_path_with_local_server(tmp_path, monkeypatch):
   for split, (x, y) in arrays.items():
     source = builder.as_data_source(split)
     got = source.__getitems__(range(len(source)))
-    np.testing.assert_array_equal(np.stack([e["image"][..., 0] for e in got]), x)
+    np.testing.assert_array_equal(
+        np.stack([e["image"][..., 0] for e in got]), x)
     np.testing.assert_array_equal([e["label"] for e in got], y)
 
 
@@ -237,7 +246,8 @@ def test_download_path_with_local_server(tmp_path, monkeypatch):
 
 
 def test_threshold_binarization_exact():
-  images = np.array([[0.0, 0.5, 0.5001, 1.0], [0.2, 0.7, 0.49, 0.51]], np.float32)
+  images = np.array([[0.0, 0.5, 0.5001, 1.0], [0.2, 0.7, 0.49, 0.51]],
+                    np.float32)
   out = data.binarize(None, images, "threshold")
   assert out.dtype == jnp.float32
   np.testing.assert_array_equal(out, [[0, 0, 1, 1], [0, 1, 0, 1]])
@@ -266,7 +276,7 @@ def test_binarize_errors():
     data.binarize(None, np.zeros((2, 2)), "stochastic")
 
 
-# --- capsule patches -----------------------------------------------------------
+# --- capsule patches ------------------------------------------------------
 
 
 def test_capsules_hand_checked():
@@ -289,12 +299,13 @@ def test_capsules_round_trip(patch):
   k = len(caps[0]) - 1
   r, c = divmod(k, g)
   np.testing.assert_array_equal(
-      caps[1, k], images[1, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].ravel()
-  )
+      caps[1, k],
+      images[1, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].ravel())
 
 
 def test_capsules_jax_and_jit():
-  images = jnp.asarray(np.random.default_rng(0).random((2, 28, 28), dtype=np.float32))
+  images = jnp.asarray(
+      np.random.default_rng(0).random((2, 28, 28), dtype=np.float32))
   to_caps = jax.jit(data.images_to_capsules, static_argnums=1)
   caps = to_caps(images, 7)
   assert isinstance(caps, jax.Array) and caps.shape == (2, 16, 49)

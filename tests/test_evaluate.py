@@ -13,9 +13,16 @@ import numpy as np
 import pytest
 
 import capsjax
-
-from experiments import evaluation
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import errors
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import loop
+from experiments.runner.evaluation import capsules
+from experiments.runner.evaluation import likelihood
+from experiments.runner.evaluation import probes
+from experiments.runner.evaluation import report
+from experiments.runner.evaluation import suite
 from tests import test_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +50,8 @@ def tiny_config(data_dir, **overrides):
 def _check_results(results, num_runs):
   assert set(results) == TOP_KEYS
   assert results["step"] == 20
-  assert results["num_test_examples"] == 1000  # the whole mnist_small test split
+  # The whole mnist_small test split.
+  assert results["num_test_examples"] == 1000
   ll = results["log_likelihood"]
   assert set(ll) == LL_KEYS
   # 784 binary pixels: log p(v) in (-784 log 2, 0).
@@ -52,7 +60,7 @@ def _check_results(results, num_runs):
   assert np.isfinite(ll["log_z"]) and ll["log_z_std"] >= 0
   assert 1 <= ll["ess"] <= num_runs + 1e-3
   assert 0 <= ll["acceptance_rate"] <= 1
-  assert ll["reliable"] == (ll["ess"] >= evaluation.ess_threshold(num_runs))
+  assert ll["reliable"] == (ll["ess"] >= likelihood.ess_threshold(num_runs))
   rev = ll["reverse_ais"]
   assert set(rev) == REVERSE_KEYS and rev["computed"]
   # The tiny run is unrouted: 500 test examples by default.
@@ -72,7 +80,7 @@ def _check_results(results, num_runs):
   assert 0.1 <= results["clustering_accuracy"] <= 1
   # No --classifier_workdir: tests/test_frechet.py covers the distance.
   assert results["frechet"] == {"computed": False,
-                                "note": evaluation.FRECHET_HINT}
+                                "note": report.FRECHET_HINT}
   assert results["settings"]["num_runs"] == num_runs
   assert results["platform"]["jax_backend"]
   assert all(t >= 0 for t in results["wall_time_s"].values())
@@ -84,14 +92,15 @@ def _check_reverse_ais_against_exact(config, params, data, results,
   reverse-AIS subset, recomputed from the seed, forward AIS's mean is the
   mean of log p with AIS's log Z, and RAISE, conservative, is at most the
   exact mean log p plus 3 standard errors."""
-  r = train_lib.make_routing(config)
+  r = factories.make_routing(config)
   assert not r.routed
   rev = results["log_likelihood"]["reverse_ais"]
-  keys = evaluation.evaluation_keys(settings.seed)
-  test_v = evaluation.binarize_capsules(config, data.test, keys["test"],
+  keys = suite.evaluation_keys(settings.seed)
+  test_v = capsules.binarize_capsules(front_ends.get(config), config.binarize,
+                                      data.test, keys["test"],
                                         settings.batch_size)
-  subset_key, _ = evaluation.reverse_ais_keys(settings.seed)
-  subset = evaluation.reverse_ais_subset(subset_key, len(test_v), 500)
+  subset_key, _ = likelihood.reverse_ais_keys(settings.seed)
+  subset = likelihood.reverse_ais_subset(subset_key, len(test_v), 500)
   assert len(np.unique(subset)) == 500
   assert rev["subset_indices_head"] == subset[:10].tolist()
   v = jnp.asarray(test_v[subset])
@@ -115,19 +124,20 @@ def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
     tmp_path):
   # One test, so that `pytest -n 2` trains the run once.
   workdir = str(tmp_path / "run")
-  train_lib.train_and_evaluate(tiny_config(str(tmp_path / "tfds")), workdir)
+  loop.train_and_evaluate(tiny_config(str(tmp_path / "tfds")), workdir)
 
-  config, state = train_lib.load_run(workdir)
+  config, state = front_ends.load_run(workdir)
   step, params = int(state.step), state.params
-  data = train_lib.load_data(config)
-  settings = evaluation.Settings(**TINY_AIS, probe_train_examples=500,
+  data = data_io.load_data(config)
+  settings = suite.Settings(**TINY_AIS, probe_train_examples=500,
                                  batch_size=300)  # 1000 = 3 batches + padding
-  results = evaluation.evaluate(config, step, params, data, settings)
+  results = suite.evaluate(config, front_ends.get(config), step, params,
+                           data, settings)
   _check_results(results, num_runs=8)
   assert results["settings"]["probe_train_examples"] == 500
   assert results["settings"]["reverse_ais_examples"] == 500
   _check_reverse_ais_against_exact(config, params, data, results, settings)
-  json_path, md_path = evaluation.write(results, str(tmp_path / "eval"))
+  json_path, md_path = report.write(results, str(tmp_path / "eval"))
   assert json.load(open(json_path)) == json.loads(json.dumps(results))
   md = open(md_path).read()
   assert "| test reconstruction error (per-pixel MSE) |" in md
@@ -150,7 +160,7 @@ def test_evaluate_a_trained_run_in_process_and_from_the_command_line(
 
 
 def fake_report(**log_likelihood):
-  """A minimal `evaluation.evaluate` result, for the markdown renderer."""
+  """A minimal `suite.evaluate` result, for the markdown renderer."""
   return {
       "step": 7, "num_test_examples": 10,
       "log_likelihood": {"test_log_prob_mean": -123.456,
@@ -172,14 +182,14 @@ def fake_report(**log_likelihood):
 
 def test_degenerate_estimate_is_not_printed_as_a_number():
   results = fake_report()
-  assert evaluation.ess_threshold(100) == 10  # 10% of the runs,
-  assert evaluation.ess_threshold(8) == 2      # but at least 2
-  md = evaluation.to_markdown(results)
+  assert likelihood.ess_threshold(100) == 10  # 10% of the runs,
+  assert likelihood.ess_threshold(8) == 2      # but at least 2
+  md = report.to_markdown(results)
   assert "| test log-likelihood (nats) | degenerate (ESS 1.3) |" in md
   assert "-123.4" not in md and "400.0" not in md
   results["log_likelihood"]["reliable"] = True
   assert "| test log-likelihood (nats) | -123.46 ± 1.12 |" in (
-      evaluation.to_markdown(results))
+      report.to_markdown(results))
 
 
 def test_errors_are_one_line(tmp_path):
@@ -196,24 +206,25 @@ def test_errors_are_one_line(tmp_path):
   # A config but no checkpoint (a run that never saved).
   with open(tmp_path / "config.json", "w") as f:
     f.write(tiny_config(str(tmp_path / "tfds")).to_json())
-  with pytest.raises(train_lib.ConfigError, match="no checkpoint in"):
-    train_lib.load_run(str(tmp_path))
+  with pytest.raises(errors.ConfigError, match="no checkpoint in"):
+    front_ends.load_run(str(tmp_path))
 
 
 def test_clustering_accuracy_matches_clusters_to_labels():
   labels = np.array([0, 0, 1, 1, 2, 2, 2])
   # Any relabeling of a perfect clustering scores 1.
-  assert evaluation.clustering_accuracy(labels, [5, 5, 3, 3, 9, 9, 9]) == 1.0
+  assert probes.clustering_accuracy(labels, [5, 5, 3, 3, 9, 9, 9]) == 1.0
   # Contingency (clusters x labels) [[2, 1, 0], [0, 1, 1], [0, 0, 2]]: the
   # best one-to-one map is a->0, b->1, c->2: (2 + 1 + 2) / 7.
   clusters = ["a", "a", "a", "b", "b", "c", "c"]
-  assert evaluation.clustering_accuracy(labels, clusters) == pytest.approx(5 / 7)
+  assert probes.clustering_accuracy(labels, clusters) == pytest.approx(
+      5 / 7)
   # One cluster for everything: only the largest class is matched.
-  assert evaluation.clustering_accuracy(labels, [0] * 7) == pytest.approx(3 / 7)
+  assert probes.clustering_accuracy(labels, [0] * 7) == pytest.approx(3 / 7)
   # More clusters than labels: the extra clusters count as errors.
-  assert evaluation.clustering_accuracy([0, 0, 1, 1], [0, 1, 2, 2]) == 0.75
+  assert probes.clustering_accuracy([0, 0, 1, 1], [0, 1, 2, 2]) == 0.75
   with pytest.raises(ValueError, match="equal-length"):
-    evaluation.clustering_accuracy([0, 1], [0])
+    probes.clustering_accuracy([0, 1], [0])
 
 
 def test_kmeans_accuracy_on_separated_blobs():
@@ -221,7 +232,7 @@ def test_kmeans_accuracy_on_separated_blobs():
   centers = 10.0 * np.eye(3)
   labels = np.repeat(np.arange(3), 20)
   x = centers[labels] + 0.1 * rng.normal(size=(60, 3))
-  assert evaluation.kmeans_accuracy(x, labels, num_clusters=3) == 1.0
+  assert probes.kmeans_accuracy(x, labels, num_clusters=3) == 1.0
 
 
 def test_linear_probe_on_linearly_separable_data():
@@ -230,14 +241,14 @@ def test_linear_probe_on_linearly_separable_data():
   y = (x[:, 0] + x[:, 1] > 1.0).astype(int)
   margin = np.abs(x[:, 0] + x[:, 1] - 1.0) > 0.1  # a clear margin
   x, y = x[margin], y[margin]
-  assert evaluation.linear_probe_accuracy(x[:200], y[:200], x[200:],
+  assert probes.linear_probe_accuracy(x[:200], y[:200], x[200:],
                                           y[200:]) == 1.0
 
 
 def test_reverse_ais_report_flags_a_gap_over_three_nats():
   rng = np.random.default_rng(0)
   forward = rng.normal(-100.0, 5.0, size=40)
-  near = evaluation.reverse_ais_report(forward - 1.0, forward,
+  near = likelihood.reverse_ais_report(forward - 1.0, forward,
                                        indices=np.arange(40), num_betas=10,
                                        acceptance_rate=1.0)
   assert near["test_log_prob_mean"] == pytest.approx(forward.mean() - 1.0)
@@ -246,47 +257,47 @@ def test_reverse_ais_report_flags_a_gap_over_three_nats():
       np.sqrt(np.sum((forward - forward.mean()) ** 2) / 39) / np.sqrt(40))
   assert near["forward_minus_reverse"] == pytest.approx(1.0)
   assert near["num_examples"] == 40 and not near["disagree"]
-  far = evaluation.reverse_ais_report(forward - 3.5, forward,
+  far = likelihood.reverse_ais_report(forward - 3.5, forward,
                                       indices=np.arange(40), num_betas=10,
                                       acceptance_rate=1.0)
   assert far["disagree"]
   # Either direction counts.
-  assert evaluation.reverse_ais_report(forward + 4.0, forward,
+  assert likelihood.reverse_ais_report(forward + 4.0, forward,
                                        indices=np.arange(40), num_betas=10,
                                        acceptance_rate=1.0)["disagree"]
   results = fake_report(reliable=True, reverse_ais=far)
-  md = evaluation.to_markdown(results)
+  md = report.to_markdown(results)
   assert ("| reverse AIS test log-likelihood (nats; conservative) | "
           f"{far['test_log_prob_mean']:.2f} ± "
           f"{far['test_log_prob_sem']:.2f} on 40 test examples") in md
   assert "WARNING: forward and reverse differ by 3.50 nats" in md
   results["log_likelihood"]["reverse_ais"] = near
-  assert "WARNING" not in evaluation.to_markdown(results)
+  assert "WARNING" not in report.to_markdown(results)
   # A degenerate forward estimate is not printed beside it either.
   results["log_likelihood"]["reliable"] = False
-  md = evaluation.to_markdown(results)
+  md = report.to_markdown(results)
   assert "(forward AIS degenerate: not compared)" in md
   assert f"{near['forward_test_log_prob_mean']:.2f}" not in md
 
 
 def test_reverse_ais_subset_is_seeded_and_sized():
-  key = evaluation.reverse_ais_keys(0)[0]
-  a = evaluation.reverse_ais_subset(key, 1000, 100)
+  key = likelihood.reverse_ais_keys(0)[0]
+  a = likelihood.reverse_ais_subset(key, 1000, 100)
   assert len(a) == 100 and len(np.unique(a)) == 100
   assert np.all(np.diff(a) > 0) and a.max() < 1000
-  np.testing.assert_array_equal(a, evaluation.reverse_ais_subset(key, 1000,
+  np.testing.assert_array_equal(a, likelihood.reverse_ais_subset(key, 1000,
                                                                  100))
   assert not np.array_equal(
-      a, evaluation.reverse_ais_subset(evaluation.reverse_ais_keys(1)[0],
+      a, likelihood.reverse_ais_subset(likelihood.reverse_ais_keys(1)[0],
                                        1000, 100))
-  np.testing.assert_array_equal(evaluation.reverse_ais_subset(key, 30, 100),
+  np.testing.assert_array_equal(likelihood.reverse_ais_subset(key, 30, 100),
                                 np.arange(30))
-  assert evaluation.reverse_ais_size(evaluation.Settings(),
+  assert likelihood.reverse_ais_size(suite.Settings(),
                                      capsjax.Routing(1)) == 500
-  assert evaluation.reverse_ais_size(evaluation.Settings(),
+  assert likelihood.reverse_ais_size(suite.Settings(),
                                      capsjax.Routing(3)) == 100
-  assert evaluation.reverse_ais_size(
-      evaluation.Settings(reverse_ais_examples=7), capsjax.Routing(3)) == 7
+  assert likelihood.reverse_ais_size(
+      suite.Settings(reverse_ais_examples=7), capsjax.Routing(3)) == 7
 
 
 def test_reverse_ais_log_probs_in_batches_match_exact_log_p():
@@ -307,7 +318,7 @@ def test_reverse_ais_log_probs_in_batches_match_exact_log_p():
     exact = np.asarray(capsjax.log_prob(params, jnp.asarray(v), r,
                                         capsjax.exact_log_z(params, r)))
     bias = jnp.zeros((3, 2), jnp.float64)
-    est, rate = evaluation.reverse_ais_log_probs(
+    est, rate = likelihood.reverse_ais_log_probs(
         jax.random.key(0), params, v, r, bias, num_betas=200, batch_size=64)
     assert est.shape == (1250,) and np.all(np.isfinite(est))
     assert 0 < rate < 1  # MH steps of a routed layer

@@ -13,10 +13,12 @@ import scipy.stats
 
 import capsjax
 import capsjax.data
-from experiments import classifier
-from experiments import evaluation
-from experiments import frechet
-from experiments import sklearn_rbm
+from experiments.runner import data as data_io
+from experiments.runner.baselines import sklearn_rbm
+from experiments.runner.evaluation import diversity
+from experiments.runner.evaluation import frechet
+from experiments.runner.evaluation import report
+from experiments.runner.models import classifier
 from tests import test_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,7 +152,7 @@ def small_data(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   config = classifier.get_config()
   config.data_dir = str(d)
-  return config, classifier.load_data(config)
+  return config, data_io.read_data(config)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +200,7 @@ def test_sample_diversity_of_real_digits(trained):
   assert np.all(np.bincount(labels) == 100)
   loaded = classifier.load(str(trained[3]), batch_size=500)
   for digit in (0, 1):
-    one = evaluation.sample_diversity(loaded,
+    one = diversity.sample_diversity(loaded,
                                       loaded.features(images[labels == digit]))
     assert sum(one["class_histogram"]) == 100
     assert np.argmax(one["class_histogram"]) == digit
@@ -207,7 +209,7 @@ def test_sample_diversity_of_real_digits(trained):
   binary = np.asarray(capsjax.data.binarize(jax.random.key(0), images,
                                             "stochastic"))
   for x in (images, binary):
-    every = evaluation.sample_diversity(loaded, loaded.features(x))
+    every = diversity.sample_diversity(loaded, loaded.features(x))
     assert sum(every["class_histogram"]) == 1000
     assert every["entropy_nats"] > 2.1
     assert every["classes_above_threshold"] == 10
@@ -215,21 +217,21 @@ def test_sample_diversity_of_real_digits(trained):
 
 
 def test_class_diversity_against_scipy_entropy():
-  assert evaluation.class_diversity([10] * 10)["entropy_nats"] == (
+  assert diversity.class_diversity([10] * 10)["entropy_nats"] == (
       pytest.approx(np.log(10)))
-  one = evaluation.class_diversity([0, 0, 50, 0, 0, 0, 0, 0, 0, 0])
+  one = diversity.class_diversity([0, 0, 50, 0, 0, 0, 0, 0, 0, 0])
   assert one["entropy_nats"] == 0.0 and one["classes_above_threshold"] == 1
   rng = np.random.default_rng(0)
   for _ in range(5):
     counts = rng.integers(0, 100, size=10)
-    d = evaluation.class_diversity(counts)
+    d = diversity.class_diversity(counts)
     assert d["entropy_nats"] == pytest.approx(scipy.stats.entropy(counts))
     assert d["classes_above_threshold"] == int(np.sum(
         counts / counts.sum() > 0.03))
   # Strictly above 3%: 3 of 100 does not count, 4 does.
-  assert evaluation.class_diversity([93, 3, 4])["classes_above_threshold"] == 2
+  assert diversity.class_diversity([93, 3, 4])["classes_above_threshold"] == 2
   with pytest.raises(ValueError, match="counts"):
-    evaluation.class_diversity([0, 0])
+    diversity.class_diversity([0, 0])
 
 
 def test_classifier_training_is_deterministic(small_data):
@@ -249,8 +251,8 @@ def test_load_errors_name_the_fix(tmp_path):
 
 def test_markdown_without_a_classifier_says_how_to_get_one():
   results = test_evaluate.fake_report(ess=30.0, reliable=True)
-  results["frechet"] = {"computed": False, "note": evaluation.FRECHET_HINT}
-  md = evaluation.to_markdown(results)
+  results["frechet"] = {"computed": False, "note": report.FRECHET_HINT}
+  md = report.to_markdown(results)
   assert ("| Fréchet distance, samples vs test (classifier features) | not "
           "computed (pass --classifier_workdir=DIR") in md
   assert "python -m experiments.train_classifier" in md

@@ -13,12 +13,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from orbax.checkpoint.path import atomicity  # orbax's public export
 import pytest
-from orbax.checkpoint._src.path import atomicity
 
 import capsjax
-from experiments import train_lib
-from tests.test_train import REPO, _override_flags, _run, tiny_config
+from experiments.runner import errors
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import loop
+from tests.test_train import REPO
+from tests.test_train import _override_flags
+from tests.test_train import _run
+from tests.test_train import tiny_config
 
 data_dir = pytest.fixture(scope="module")(
     lambda tmp_path_factory: str(tmp_path_factory.mktemp("tfds")))
@@ -80,7 +86,7 @@ def test_sigkill_at_random_moments_resumes_exactly(data_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before the kill"
 
-    state = train_lib.load_run(workdir)[1]
+    state = front_ends.load_run(workdir)[1]
     step = int(state.step)
     assert restored_step < step < 600, (moment, restored_step, step)
     if moment == "checkpoint write":
@@ -92,7 +98,7 @@ def test_sigkill_at_random_moments_resumes_exactly(data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   # The interrupted writes' temporary folders were cleaned up on restart.
   assert not _steps(workdir)[1]
-  a, b = (train_lib.load_run(w)[1] for w in (reference, workdir))
+  a, b = (front_ends.load_run(w)[1] for w in (reference, workdir))
   assert int(a.step) == int(b.step) == 600
   leaves_a, leaves_b = _leaves(a), _leaves(b)
   assert len(leaves_a) == len(leaves_b)
@@ -116,16 +122,16 @@ def test_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(
                       disk_full_at_10)
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir, checkpoint_every_steps=5)
-  with pytest.raises(train_lib.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r"could not be written .*No space left on device.*"
                      r"checkpoints are kept \(updates 5\)"):
-    train_lib.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert _steps(workdir)[0] == [5]
-  assert int(train_lib.load_run(workdir)[1].step) == 5
+  assert int(front_ends.load_run(workdir)[1].step) == 5
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize",
                       finalize)
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 20
   assert _steps(workdir) == ([10, 15, 20], [])
 
@@ -135,7 +141,7 @@ def _nan_at_update_7_while_lr_is(lr, monkeypatch):
 
   def poisoned(key, state, batch, **kwargs):
     new, info = train_step(key, state, batch, **kwargs)
-    current = train_lib.learning_rate(state.opt_state)
+    current = factories.learning_rate(state.opt_state)
     bad = (new.step == 7) & (current >= lr)
     nan_w = jnp.where(bad, jnp.nan, new.params["W"])
     return new._replace(params={**new.params, "W": nan_w}), info
@@ -154,9 +160,9 @@ def test_rollback_restores_the_last_checkpoint_and_lowers_the_rate(
                        warmup_steps=3, grad_clip_norm=100.0)
   _nan_at_update_7_while_lr_is(config.learning_rate, monkeypatch)
   workdir = str(tmp_path / "run")
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 20
-  lr = train_lib.learning_rate(train_lib.load_run(workdir)[1].opt_state)
+  lr = factories.learning_rate(front_ends.load_run(workdir)[1].opt_state)
   np.testing.assert_allclose(lr, config.learning_rate * 0.5, rtol=1e-6)
   records = [json.loads(line)
              for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -170,8 +176,8 @@ def test_rollback_gives_up_after_max_rollbacks(data_dir, tmp_path,
   config = tiny_config(data_dir, checkpoint_every_steps=5,
                        on_divergence="rollback", max_rollbacks=2)
   _nan_at_update_7_while_lr_is(0.0, monkeypatch)  # diverges at every rate
-  with pytest.raises(train_lib.DivergenceError,
+  with pytest.raises(errors.DivergenceError,
                      match=r"diverged at update 7: non-finite W.*gave up "
                      r"after 2 roll-backs"):
-    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert _steps(str(tmp_path / "run"))[0] == [5]

@@ -8,7 +8,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from experiments import metrics
+from experiments.runner import metrics
 
 
 def _event_scalars(workdir):

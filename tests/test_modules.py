@@ -2,11 +2,11 @@
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import capsjax
 from capsjax import Routing

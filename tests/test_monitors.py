@@ -8,12 +8,18 @@ import optax
 import pytest
 
 import capsjax
-from experiments import train_lib
+from experiments.runner import config as config_lib
+from experiments.runner import errors
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import monitors
+from experiments.runner import state as state_lib
+from experiments.runner import visible
 from tests.test_train import tiny_config
 
 
 def _layer(config, w_std, seed=0):
-  nv, dv, nh, dh = train_lib.shapes(config)
+  nv, dv, nh, dh = state_lib.shapes(config, front_ends.get(config))
   rng = np.random.default_rng(seed)
   return {"W": jnp.asarray(w_std * rng.normal(size=(nv, nh, dh, dv)),
                            jnp.float32),
@@ -22,7 +28,7 @@ def _layer(config, w_std, seed=0):
 
 
 def _binary(seed, n, config):
-  nv, dv, _, _ = train_lib.shapes(config)
+  nv, dv, _, _ = state_lib.shapes(config, front_ends.get(config))
   rng = np.random.default_rng(seed)
   return jnp.asarray(rng.random((n, nv, dv)) < 0.3, jnp.float32)
 
@@ -40,7 +46,7 @@ def test_ais_monitor_matches_independent_units(tmp_path, r):
   params = _layer(config, w_std=0.0)
   params["a"] = (capsjax.base_rate_bias(train_v)
                  + 0.1 * params["a"]).astype(jnp.float32)
-  out = train_lib.make_evaluate(config)(params, train_v, test_v,
+  out = monitors.make_evaluate(config)(params, train_v, test_v,
                                         jax.random.key(3))
   a = np.asarray(params["a"], np.float64)
   v = np.asarray(test_v, np.float64)
@@ -61,7 +67,7 @@ def test_ais_monitor_withholds_degenerate_estimates(tmp_path):
   assert config.monitor_ais_runs == 16
   params = _layer(config, w_std=1.0)
   v = _binary(4, 50, config)
-  out = train_lib.make_evaluate(config)(params, v, v, jax.random.key(5))
+  out = monitors.make_evaluate(config)(params, v, v, jax.random.key(5))
   assert float(out["monitor_ais_ess"]) < capsjax.ess_threshold(
       config.monitor_ais_runs)
   assert np.isnan(out["monitor_test_log_likelihood"])
@@ -73,21 +79,24 @@ def test_routing_temperature_is_part_of_the_trained_model(tmp_path):
   config = tiny_config(str(tmp_path), num_iterations=3,
                        routing_temperature=1e4)
   grey = np.random.default_rng(6).random((40, 28, 28)).astype(np.float32)
-  optimizer = train_lib.make_optimizer(config)
-  state = train_lib.initial_state(config, grey, optimizer)
+  optimizer = factories.make_optimizer(config)
+  state = state_lib.initial_state(config, front_ends.get(config), grey,
+                                  optimizer)
   # The temperature is in the routing options, not in the params.
-  routing = train_lib.make_routing(config)
+  routing = factories.make_routing(config)
   assert routing == capsjax.Routing(3, temperature=1e4)
-  assert train_lib.make_kernel(config).routing == routing
+  assert factories.make_kernel(config).routing == routing
   assert set(state.params) == {"W", "a", "b"}
   # Checkpoints restore into this structure.
-  assert (jax.tree.structure(train_lib.abstract_state(config))
+  assert (jax.tree.structure(state_lib.abstract_state(
+      config, front_ends.get(config)))
           == jax.tree.structure(state))
   # Training with it moves W.
   step = jax.jit(lambda s, b: capsjax.train_step(
       jax.random.key(7), s, b, optimizer=optimizer,
-      **train_lib.cd_options(config))[0])
-  batch = train_lib.to_capsules(config, grey[:config.batch_size],
+      **factories.cd_options(config))[0])
+  batch = visible.to_capsules(front_ends.get(config), config.binarize,
+                              grey[:config.batch_size],
                                 jax.random.key(8))
   new = step(step(state, batch), batch)
   assert set(new.params) == {"W", "a", "b"}
@@ -96,13 +105,14 @@ def test_routing_temperature_is_part_of_the_trained_model(tmp_path):
   c = capsjax.route_visible(new.params, batch, routing)
   np.testing.assert_allclose(c, 1.0 / config.num_hidden_capsules, atol=1e-3)
   # The same structure at any temperature.
-  assert (jax.tree.structure(train_lib.abstract_state(tiny_config(
-      str(tmp_path), num_iterations=3))) == jax.tree.structure(state))
+  routed = tiny_config(str(tmp_path), num_iterations=3)
+  assert (jax.tree.structure(state_lib.abstract_state(
+      routed, front_ends.get(routed))) == jax.tree.structure(state))
 
 
 def _first_update(config, grads):
   """The first update of the optimizer of the effective weights."""
-  opt = train_lib.base_optimizer(config)
+  opt = factories.base_optimizer(config)
   params = {"W": jnp.zeros(3), "a": jnp.zeros(2), "b": jnp.zeros(2)}
   updates, _ = opt.update(grads, opt.init(params), params)
   return updates
@@ -132,18 +142,18 @@ def test_warmup_and_clipping(tmp_path):
   # (capsjax.effective_weights): their gradient is Nh dL/dW and W moves Nh
   # times their step, Nh^2 times plain SGD's step in all.
   nh = base.num_hidden_capsules
-  opt = train_lib.make_optimizer(base)
+  opt = factories.make_optimizer(base)
   params = {"W": jnp.zeros(3), "a": jnp.zeros(2), "b": jnp.zeros(2)}
   scaled, _ = opt.update(grads, opt.init(params), params)
   np.testing.assert_allclose(scaled["W"], -0.1 * nh ** 2 * grads["W"],
                              rtol=1e-6)
   # The learning rate is found wherever it sits in the state.
   config = tiny_config(str(tmp_path), warmup_steps=4, grad_clip_norm=1.0)
-  state = train_lib.make_optimizer(config).init(grads)
-  np.testing.assert_allclose(train_lib.learning_rate(state),
+  state = factories.make_optimizer(config).init(grads)
+  np.testing.assert_allclose(factories.learning_rate(state),
                              config.learning_rate, rtol=1e-6)
   lowered = optax.tree_utils.tree_set(state, learning_rate=0.5)
-  np.testing.assert_allclose(train_lib.learning_rate(lowered), 0.5)
+  np.testing.assert_allclose(factories.learning_rate(lowered), 0.5)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -154,17 +164,17 @@ def test_warmup_and_clipping(tmp_path):
     ("monitor_ais_runs", 0, "must be an integer >= 1"),
 ])
 def test_bad_study_options_are_rejected(tmp_path, field, value, message):
-  with pytest.raises(train_lib.ConfigError, match=f"config.{field}.*{message}"):
-    train_lib.validate_config(tiny_config(str(tmp_path), **{field: value}))
+  with pytest.raises(errors.ConfigError, match=f"config.{field}.*{message}"):
+    config_lib.validate_config(tiny_config(str(tmp_path), **{field: value}))
 
 
 def test_through_routing_needs_exact_chains(tmp_path):
   # capsjax refuses the gradient through routing with the uncorrected
   # alternation: the config says so before any work.
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"config.through_routing = True: .*config.mh"):
-    train_lib.validate_config(tiny_config(
+    config_lib.validate_config(tiny_config(
         str(tmp_path), num_iterations=3, through_routing=True))
   for ok in (dict(num_iterations=3, mh=True), dict(num_iterations=1)):
-    train_lib.validate_config(tiny_config(str(tmp_path), through_routing=True,
+    config_lib.validate_config(tiny_config(str(tmp_path), through_routing=True,
                                           **ok))

@@ -7,16 +7,23 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 import capsjax
 from capsjax import data as data_lib
-from experiments import autoencoder
-from experiments import classifier as classifier_lib
-from experiments import evaluation
-from experiments import front_ends
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import errors
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import loop
+from experiments.runner import state as state_lib
+from experiments.runner import visible
+from experiments.runner.evaluation import report
+from experiments.runner.evaluation import suite
+from experiments.runner.models import autoencoder
+from experiments.runner.models import autoencoder_training as ae_training
+from experiments.runner.models import classifier as classifier_lib
 from tests import test_train
 
 
@@ -51,7 +58,7 @@ def tiny_config(data_dir, **overrides):
 @pytest.fixture(scope="module")
 def ae_workdir(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp("ae"))
-  results = autoencoder.train_and_evaluate(tiny_ae_config(data_dir), workdir)
+  results = ae_training.train_and_evaluate(tiny_ae_config(data_dir), workdir)
   assert results["step"] == 6
   return workdir
 
@@ -76,24 +83,24 @@ def test_patches_front_end_is_the_old_binarize_then_cut(grey):
   # The pre-front-end code: binarize the image, then cut it into patches.
   expected = data_lib.images_to_capsules(
       jax.random.bernoulli(key, jnp.asarray(grey)).astype(jnp.float32), 4)
-  np.testing.assert_array_equal(train_lib.to_capsules(config, grey, key),
-                                expected)
-  np.testing.assert_array_equal(train_lib.grey_marginals(config, grey),
-                                data_lib.images_to_capsules(grey.mean(0), 4))
-  assert train_lib.shapes(config) == (49, 16, 4, 4)
   fe = front_ends.get(config)
+  np.testing.assert_array_equal(
+      visible.to_capsules(fe, config.binarize, grey, key), expected)
+  np.testing.assert_array_equal(visible.marginals(fe, grey),
+                                data_lib.images_to_capsules(grey.mean(0), 4))
+  assert state_lib.shapes(config, fe) == (49, 16, 4, 4)
   np.testing.assert_array_equal(fe.decode(fe.means(grey)), grey)
 
 
 def test_front_end_config_errors_name_the_field_and_the_fix():
-  with pytest.raises(train_lib.ConfigError, match="autoencoder_workdir.*"
+  with pytest.raises(errors.ConfigError, match="autoencoder_workdir.*"
                      "train_autoencoder"):
     front_ends.get(tiny_config("", front_end="autoencoder"))
-  with pytest.raises(train_lib.ConfigError, match="lower_workdir"):
+  with pytest.raises(errors.ConfigError, match="lower_workdir"):
     front_ends.get(tiny_config("", front_end="layer"))
-  with pytest.raises(train_lib.ConfigError, match="front_end"):
+  with pytest.raises(errors.ConfigError, match="front_end"):
     front_ends.get(tiny_config("", front_end="pixels"))
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match="autoencoder_workdir.*no autoencoder"):
     front_ends.get(tiny_config("", front_end="autoencoder",
                                autoencoder_workdir="/nonexistent/ae"))
@@ -107,19 +114,19 @@ def test_front_end_config_errors_name_the_field_and_the_fix():
 def test_autoencoder_checkpoint_restores_and_resumes_exactly(ae_workdir,
                                                              data_dir, grey):
   config = autoencoder.load_config(ae_workdir)
-  mngr = train_lib.checkpoint_manager(config, ae_workdir, create=False)
+  mngr = harness.checkpoint_manager(config, ae_workdir, create=False)
   try:
-    mid = autoencoder._restore(config, mngr, 3)
-    final = autoencoder._restore(config, mngr, 6)
+    mid = autoencoder.restore(config, mngr, 3)
+    final = autoencoder.restore(config, mngr, 6)
   finally:
     mngr.close()
   # Three more steps from the middle checkpoint, as a resumed run does them,
   # land bit for bit on the final checkpoint.
   train_x = data_lib.load_split("mnist_small", "train", data_dir=data_dir)[0]
-  step_fn = autoencoder.make_train_step(config)
+  step_fn = ae_training.make_train_step(config)
   state = mid
   for step in range(3, 6):
-    state, _ = step_fn(state, train_x[train_lib.batch_indices(
+    state, _ = step_fn(state, train_x[data_io.batch_indices(
         config, len(train_x), step)])
   assert int(state.step) == int(final.step) == 6
   assert _leaves_equal(jax.device_get(state.params), final.params)
@@ -134,10 +141,10 @@ def test_autoencoder_checkpoint_restores_and_resumes_exactly(ae_workdir,
   assert images.shape == (40, 28, 28)
   assert 0 <= images.min() and images.max() <= 1
   # Re-running the finished command is a no-op resume.
-  autoencoder.train_and_evaluate(tiny_ae_config(data_dir), ae_workdir)
+  ae_training.train_and_evaluate(tiny_ae_config(data_dir), ae_workdir)
   assert _leaves_equal(autoencoder.load(ae_workdir).params, final.params)
   with pytest.raises(autoencoder.AutoencoderError, match="code_dim"):
-    autoencoder.train_and_evaluate(tiny_ae_config(data_dir, code_dim=3),
+    ae_training.train_and_evaluate(tiny_ae_config(data_dir, code_dim=3),
                                    ae_workdir)
 
 
@@ -153,7 +160,7 @@ def _fake_classifier():
 
 
 def _settings():
-  return evaluation.Settings(ais="quick", num_betas=20, num_runs=4,
+  return suite.Settings(ais="quick", num_betas=20, num_runs=4,
                              probe_train_examples=100, num_clusters=3,
                              batch_size=50, frechet_samples=20,
                              frechet_steps=2)
@@ -165,24 +172,26 @@ def test_autoencoder_poe_trains_samples_and_evaluates(ae_workdir, data_dir,
   config = tiny_config(data_dir, front_end="autoencoder",
                        autoencoder_workdir=ae_workdir, num_iterations=3)
   workdir = str(tmp_path / "poe")
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert state.params["W"].shape == (8, 4, 4, 2)
   ae = autoencoder.load(ae_workdir)
   # The runner's visible capsules are the codes, binarized like pixels.
   key = jax.random.key(0)
   np.testing.assert_array_equal(
-      train_lib.to_capsules(config, grey, key),
+      visible.to_capsules(front_ends.get(config), config.binarize, grey,
+                          key),
       jax.random.bernoulli(key, ae.encode(jnp.asarray(grey))).astype(
           jnp.float32))
   png = Image.open(os.path.join(workdir, "samples", "step_0000006.png"))
   # 10 decoded samples, then 2 x (test, decoded codes, reconstruction).
   assert png.size[1] > 6 * 28 * 2
-  config, state = train_lib.load_run(workdir)
-  d = train_lib.load_data(config)
-  results = evaluation.evaluate(config, 6, state.params, d, _settings(),
+  config, state = front_ends.load_run(workdir)
+  d = data_io.load_data(config)
+  results = suite.evaluate(config, front_ends.get(config), 6, state.params, d,
+                           _settings(),
                                 classifier=_fake_classifier())
   assert not results["log_likelihood"]["computed"]
-  assert "pixel space" in evaluation.to_markdown(results)
+  assert "pixel space" in report.to_markdown(results)
   assert 0 <= results["linear_probe_accuracy"] <= 1
   fd = results["frechet"]
   assert fd["distance"] > 0 and fd["floor_front_end"] >= 0
@@ -197,15 +206,15 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
                                                                tmp_path,
                                                                grey):
   layer1 = str(tmp_path / "layer1")
-  l1_state = train_lib.train_and_evaluate(tiny_config(data_dir), layer1)
+  l1_state = loop.train_and_evaluate(tiny_config(data_dir), layer1)
   config2 = tiny_config(data_dir, front_end="layer", lower_workdir=layer1,
                         num_iterations=3, num_hidden_capsules=2)
   # Layer 2 resumed halfway equals layer 2 trained in one go.
   whole, halves = str(tmp_path / "layer2"), str(tmp_path / "layer2_halves")
-  l2_state = train_lib.train_and_evaluate(config2, whole)
-  train_lib.train_and_evaluate(tiny_config(**{**config2, "num_steps": 3}),
+  l2_state = loop.train_and_evaluate(config2, whole)
+  loop.train_and_evaluate(tiny_config(**{**config2, "num_steps": 3}),
                                halves)
-  resumed = train_lib.train_and_evaluate(config2, halves)
+  resumed = loop.train_and_evaluate(config2, halves)
   assert _leaves_equal(resumed.params, l2_state.params)
   assert l2_state.params["W"].shape == (4, 2, 4, 4)
 
@@ -233,10 +242,10 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
                         num_iterations=3, num_hidden_capsules=2,
                         hidden_dim=3)
   fe3 = front_ends.get(config3)
-  assert fe3.shape == (2, 4) and train_lib.shapes(config3) == (2, 4, 2, 3)
+  assert fe3.shape == (2, 4) and state_lib.shapes(config3, fe3) == (2, 4, 2, 3)
   h3 = fe3.means(grey)
   assert 0 < float(h3.min()) and float(h3.max()) < 1
-  m2 = front_ends.topdown_means(l2_state.params, h3, capsjax.Routing(3), 3)
+  m2 = capsjax.topdown_means(l2_state.params, h3, capsjax.Routing(3), 3)
   np.testing.assert_allclose(fe3.decode(h3), fe2.decode(m2), rtol=1e-5,
                              atol=1e-6)
   images = np.asarray(fe3.decode(h3))
@@ -247,7 +256,7 @@ def test_stacked_layers_train_resume_sample_and_decode_through_three(data_dir,
   uniform = capsjax.visible_probs(l2_state.params, h3,
                                   jnp.full((40, 4, 2), 0.5))
   np.testing.assert_allclose(
-      front_ends.topdown_means(l2_state.params, h3, capsjax.Routing(3), 0),
+      capsjax.topdown_means(l2_state.params, h3, capsjax.Routing(3), 0),
       uniform,
       rtol=1e-6)
   assert float(jnp.max(jnp.abs(m2 - uniform))) > 0

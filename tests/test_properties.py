@@ -1,19 +1,20 @@
 """Property tests of the public functions over random shapes and values.
 
 Shapes come from small ranges (each new shape compiles), values from wide
-ones; hypothesis's example count is kept small for the 2-core budget.
+ones. The number of examples and whether they are random come from the
+hypothesis profile (tests/conftest.py, HYPOTHESIS_PROFILE): few and fixed
+by default, for the 2-core budget; many and random under "nightly".
 """
 
+from hypothesis import given
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
 import capsjax
 from tests import reference
-
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 
 
 @st.composite
@@ -38,7 +39,6 @@ def layers(draw, max_neurons=6):
 
 
 @pytest.mark.slow
-@SETTINGS
 @given(layers())
 def test_routing_and_conditionals_are_well_formed(layer):
   params, v, h, r = layer
@@ -53,7 +53,6 @@ def test_routing_and_conditionals_are_well_formed(layer):
 
 
 @pytest.mark.slow
-@SETTINGS
 @given(layers())
 def test_free_energy_is_the_log_sum_over_hidden_states(layer):
   params, v, _, r = layer
@@ -65,7 +64,6 @@ def test_free_energy_is_the_log_sum_over_hidden_states(layer):
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
-@SETTINGS
 @given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=8))
 def test_squash_is_finite_and_shorter_than_one(values):
   s = jnp.asarray(values, jnp.float32)

@@ -1,17 +1,24 @@
-"""experiments/routing_diagram.py: the drawing, the routed inputs, the runner."""
+"""experiments/routing_diagram.py: the drawing, routed inputs, the runner."""
 
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 import jax
+import numpy as np
 from PIL import Image
+import pytest
 
 from experiments import routing_diagram as rd
-from experiments import train_lib
 from experiments.configs import default
+from experiments.runner import checkpoints
+from experiments.runner import data as data_io
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import state as state_lib
+from experiments.runner.diagram import drawing
+from experiments.runner.diagram import figure as figure_lib
 from tests import reference
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,26 +42,28 @@ class TestDrawRouting:
 
   def test_shape_dtype_and_layout(self):
     nv, nh = 9, 4
-    figure = rd.draw_routing(np.zeros((28, 28)), np.zeros(nv), np.zeros(nh),
-                             np.full((nv, nh), 1 / nh), caption=["a", "b"])
-    geo = rd.layout(nv, nh, caption_lines=2)
+    figure = drawing.draw_routing(np.zeros((28, 28)), np.zeros(nv),
+                                  np.zeros(nh), np.full((nv, nh), 1 / nh),
+                                  caption=["a", "b"])
+    geo = drawing.layout(nv, nh, caption_lines=2)
     assert figure.dtype == np.uint8
     assert figure.shape == (geo.size[1], geo.size[0], 3)
     assert geo.grid == (3, 3)
     # Boxes do not overlap and lie inside the canvas.
     boxes = np.concatenate([geo.lower_boxes, geo.upper_boxes, geo.map_boxes])
     assert (boxes[:, :2] >= 0).all()
-    assert (boxes[:, 2] < geo.size[0]).all() and (boxes[:, 3] < geo.size[1]).all()
+    assert ((boxes[:, 2] < geo.size[0]).all()
+            and (boxes[:, 3] < geo.size[1]).all())
     for k, a in enumerate(boxes):
       for b in boxes[k + 1:]:
         assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
 
   @pytest.mark.parametrize("nv, nh", [(49, 16), (144, 10), (5, 3)])
   def test_grid_holds_every_lower_capsule(self, nv, nh):
-    rows, cols = rd.grid_shape(nv)
+    rows, cols = drawing.grid_shape(nv)
     assert rows * cols >= nv and (rows - 1) * cols < nv
     assert abs(rows - cols) <= 1
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh),
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh),
                              np.full((nv, nh), 1 / nh))
     assert figure.shape[2] == 3
 
@@ -62,45 +71,45 @@ class TestDrawRouting:
     nv, nh = 9, 4
     c = np.full((nv, nh), 1 / nh)
     c[4] = [0, 0, 1, 0]   # the centre capsule goes entirely to upper 2
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
-    geo = rd.layout(nv, nh)
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
+    geo = drawing.layout(nv, nh)
     strong = darkness(figure, edge_points(geo, 4, 2))
     # Drawn at full opacity: the pixels are the edge colour itself.
     xs, ys = np.round(edge_points(geo, 4, 2)).astype(int).T
-    assert np.mean(np.all(figure[ys, xs] == rd.EDGE, axis=-1)) > 0.9
+    assert np.mean(np.all(figure[ys, xs] == drawing.EDGE, axis=-1)) > 0.9
     for i, j in [(4, 0), (4, 1), (4, 3), (0, 2), (8, 2), (2, 1)]:
       assert darkness(figure, edge_points(geo, i, j)) < 0.5 * strong, (i, j)
 
   def test_strong_edges_start_at_a_dot_over_the_box(self):
     nv, nh = 4, 2
     c = np.array([[1.0, 0.0], [0.4, 0.6], [0.6, 0.4], [0.3, 0.7]])
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
-    geo = rd.layout(nv, nh)
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
+    geo = drawing.layout(nv, nh)
     def centre(i):
       x, y = geo.lower_anchor(i)
       return tuple(figure[int(y), int(x)])
-    assert centre(0) == rd.EDGE      # c = 1: drawn over the box
-    assert centre(1) == rd.EDGE      # max c = 0.6 >= 0.5
-    assert centre(3) == rd.EDGE
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh),
+    assert centre(0) == drawing.EDGE      # c = 1: drawn over the box
+    assert centre(1) == drawing.EDGE      # max c = 0.6 >= 0.5
+    assert centre(3) == drawing.EDGE
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh),
                              np.full((nv, nh), 0.49))
     assert tuple(figure[int(geo.lower_anchor(0)[1]),
-                        int(geo.lower_anchor(0)[0])]) == rd.WHITE
+                        int(geo.lower_anchor(0)[0])]) == drawing.WHITE
 
   def test_edge_darkness_grows_with_the_coefficient(self):
     nv, nh = 4, 2
     values = [0.1, 0.4, 0.7, 1.0]
     c = np.array([[v, 1 - v] for v in values])
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
-    geo = rd.layout(nv, nh)
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
+    geo = drawing.layout(nv, nh)
     d = [darkness(figure, edge_points(geo, i, 0)) for i in range(nv)]
     assert np.all(np.diff(d) > 0), d
 
   def test_box_shading_is_monotone_in_activation(self):
     nv, nh = 16, 5
     lower, upper = np.linspace(0, 1, nv), np.linspace(0, 1, nh)
-    figure = rd.draw_routing(None, lower, upper, np.full((nv, nh), 1 / nh))
-    geo = rd.layout(nv, nh)
+    figure = drawing.draw_routing(None, lower, upper, np.full((nv, nh), 1 / nh))
+    geo = drawing.layout(nv, nh)
     def grey(box):  # a pixel inside the box, clear of its outline and label
       x0, y0, x1, y1 = box
       return figure[y0 + 2, x0 + 2].astype(int)
@@ -116,9 +125,9 @@ class TestDrawRouting:
     patches[1] = 1.0                     # all on: black inset
     lower = np.full(nv, 0.5)
     # Weak edges (c < 0.5) pass under the boxes.
-    figure = rd.draw_routing(None, lower, np.zeros(nh),
+    figure = drawing.draw_routing(None, lower, np.zeros(nh),
                              np.full((nv, nh), 1 / nh), patches=patches)
-    geo = rd.layout(nv, nh)
+    geo = drawing.layout(nv, nh)
     centre = [figure[(y0 + y1) // 2, (x0 + x1) // 2]
               for x0, y0, x1, y1 in geo.lower_boxes]
     np.testing.assert_array_equal(centre[1], [0, 0, 0])
@@ -129,21 +138,21 @@ class TestDrawRouting:
     c = np.zeros((nv, nh))
     c[:, 0] = 1.0
     c[5] = [0, 1, 0]
-    figure = rd.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
-    geo = rd.layout(nv, nh)
+    figure = drawing.draw_routing(None, np.zeros(nv), np.zeros(nh), c)
+    geo = drawing.layout(nv, nh)
     m = geo.map_cell
     def cell(j, i):
       x0, y0 = geo.map_boxes[j][:2]
       r, q = divmod(i, geo.grid[1])
       return tuple(figure[y0 + r * m + m // 2, x0 + q * m + m // 2])
-    assert cell(1, 5) == rd.EDGE and cell(0, 5) == rd.WHITE
-    assert cell(0, 4) == rd.EDGE and cell(1, 4) == rd.WHITE
+    assert cell(1, 5) == drawing.EDGE and cell(0, 5) == drawing.WHITE
+    assert cell(0, 4) == drawing.EDGE and cell(1, 4) == drawing.WHITE
 
   def test_bad_shapes_are_rejected(self):
     with pytest.raises(ValueError, match="lower_activation"):
-      rd.draw_routing(None, np.zeros(3), np.zeros(2), np.zeros((4, 2)))
+      drawing.draw_routing(None, np.zeros(3), np.zeros(2), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="patches"):
-      rd.draw_routing(None, np.zeros(4), np.zeros(2), np.zeros((4, 2)),
+      drawing.draw_routing(None, np.zeros(4), np.zeros(2), np.zeros((4, 2)),
                       patches=np.zeros((3, 2, 2)))
 
 
@@ -162,13 +171,14 @@ def tiny_config(**overrides):
 def test_route_image_matches_the_numpy_reference():
   config = tiny_config()
   rng = np.random.default_rng(0)
-  nv, dv, nh, dh = train_lib.shapes(config)
+  nv, dv, nh, dh = state_lib.shapes(config, front_ends.get(config))
   params = {"W": rng.normal(0, 0.3, (nv, nh, dh, dv)).astype(np.float32),
             "a": np.zeros((nv, dv), np.float32),
             "b": rng.normal(0, 1, (nh, dh)).astype(np.float32)}
   grey = np.zeros((28, 28), np.float32)
   grey[7:21, 3:25] = rng.random((14, 22))
-  routed = rd.route_image(config, params, grey, jax.random.key(0))
+  routed = figure_lib.route_image(config, front_ends.get(config), params,
+                                  grey, jax.random.key(0))
   # Visible capsules: thresholded 7x7 patches in row-major order.
   v = np.stack([(grey[r:r + 7, q:q + 7] > 0.5).ravel()
                 for r in range(0, 28, 7) for q in range(0, 28, 7)]
@@ -187,8 +197,9 @@ def test_route_image_matches_the_numpy_reference():
   blank = ~v.any(axis=1)
   assert blank.sum() == 8
   np.testing.assert_allclose(routed.coefficients[blank], 1 / nh, atol=1e-6)
-  figure = rd.routing_figure(config, params, grey, jax.random.key(0))
-  assert figure.shape == (rd.layout(nv, nh, grid=(4, 4), caption_lines=4)
+  figure = figure_lib.routing_figure(config, front_ends.get(config), params,
+                                     grey, jax.random.key(0))
+  assert figure.shape == (drawing.layout(nv, nh, grid=(4, 4), caption_lines=4)
                           .size[::-1] + (3,))
 
 
@@ -198,15 +209,16 @@ def workdir(tmp_path_factory):
   its dataset prepared."""
   path = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(data_dir=str(tmp_path_factory.mktemp("tfds")))
-  train_lib.make_workdir(path)
-  train_lib.check_workdir_config(config, path)
-  state = train_lib.initial_state(config, np.zeros((10, 28, 28), np.float32),
-                                  train_lib.make_optimizer(config))
-  mngr = train_lib.checkpoint_manager(config, path)
-  train_lib.save_checkpoint(mngr, 0, state)
-  train_lib.finish_checkpoints(mngr)
+  harness.make_workdir(path)
+  checkpoints.check_workdir_config(config, path)
+  state = state_lib.initial_state(config, front_ends.get(config),
+                                  np.zeros((10, 28, 28), np.float32),
+                                  factories.make_optimizer(config))
+  mngr = harness.checkpoint_manager(config, path)
+  harness.save_checkpoint(mngr, 0, state)
+  harness.finish_checkpoints(mngr)
   mngr.close()
-  train_lib.load_data(config)
+  data_io.load_data(config)
   return path
 
 
@@ -223,15 +235,16 @@ def test_command_writes_a_png(workdir, tmp_path):
   with Image.open(out) as im:
     im.load()
     size = im.size
-  assert size == rd.layout(16, 3, grid=(4, 4), caption_lines=4).size
+  assert size == drawing.layout(16, 3, grid=(4, 4), caption_lines=4).size
 
 
 def test_run_draws_the_routed_test_image(workdir, tmp_path):
   out = tmp_path / "diagram.png"
   rd.run(workdir, 3, str(out), seed=1)
-  config, state = train_lib.load_run(workdir)
-  grey = train_lib.load_data(config).test[3]
-  expected = rd.routing_figure(config, state.params, grey, jax.random.key(1),
+  config, state = front_ends.load_run(workdir)
+  grey = data_io.load_data(config).test[3]
+  expected = figure_lib.routing_figure(config, front_ends.get(config),
+                                       state.params, grey, jax.random.key(1),
                                step=int(state.step))
   with Image.open(out) as im:
     written = np.asarray(im.convert("RGB"))
@@ -252,16 +265,16 @@ def test_runner_rejects_an_out_of_range_index(workdir, tmp_path):
 
 def test_select_image():
   grey = np.arange(3 * 28 * 28, dtype=np.float32).reshape(3, 28, 28)
-  d = train_lib.Data(grey[:2], np.array([4, 5]), grey, np.array([7, 8, 9]))
-  image, label = rd.select_image(d, "test", 2)
+  d = data_io.Data(grey[:2], np.array([4, 5]), grey, np.array([7, 8, 9]))
+  image, label = figure_lib.select_image(d, "test", 2)
   np.testing.assert_array_equal(image, grey[2])
   assert label == 9
-  assert rd.select_image(d, "train", 1)[1] == 5
+  assert figure_lib.select_image(d, "train", 1)[1] == 5
   with pytest.raises(ValueError, match=r"--index=-1 is out of range: the "
                      r"test split has 3 images \(0 to 2\)"):
-    rd.select_image(d, "test", -1)
+    figure_lib.select_image(d, "test", -1)
   with pytest.raises(ValueError, match=r"--index=2 .* train split has 2"):
-    rd.select_image(d, "train", 2)
+    figure_lib.select_image(d, "train", 2)
 
 
 def test_runner_rejects_a_workdir_without_checkpoint(tmp_path):

@@ -6,13 +6,13 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from capsjax import data as data_lib
-from experiments import sample
-from experiments import sklearn_rbm
-from experiments import train_lib
+from experiments.runner import front_ends
+from experiments.runner import monitors
+from experiments.runner.baselines import sklearn_rbm
 from tests import test_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +41,8 @@ def layer():
 def test_gibbs_draw_gives_the_visible_means_as_images(layer):
   config, p, grey, params = layer
   marginals = np.full_like(p, 0.5)
-  states, samples, rate = sample.draw(config, params, jax.random.key(0),
+  states, samples, rate = monitors.draw(config, front_ends.get(config), params,
+                                        jax.random.key(0),
                                       marginals, method="gibbs")
   assert states.shape == (1000,) + p.shape and rate == 1.0
   assert set(np.unique(states)) <= {0.0, 1.0}
@@ -56,7 +57,8 @@ def test_gibbs_draw_gives_the_visible_means_as_images(layer):
 def test_anneal_draw_gives_final_states_of_the_annealing_runs(layer):
   config, p, grey, params = layer
   marginals = np.full_like(p, 0.5)
-  states, samples, rate = sample.draw(config, params, jax.random.key(1),
+  states, samples, rate = monitors.draw(config, front_ends.get(config), params,
+                                        jax.random.key(1),
                                       marginals, method="anneal",
                                       num_betas=30)
   assert states.shape == (1000,) + p.shape
@@ -80,8 +82,9 @@ def test_anneal_sampler_fits_the_png_figure(layer):
   config = config.copy_and_resolve_references()
   config.num_samples = 20
   test_grey = np.broadcast_to(grey, (20, 28, 28))
-  blocks, rate = train_lib.sample_figure(
-      config, sample.anneal_sampler(config, 10), params, jax.random.key(0),
+  blocks, rate = monitors.sample_figure(
+      config, front_ends.get(config), monitors.anneal_sampler(config, 10),
+      params, jax.random.key(0),
       test_grey, np.full_like(p, 0.5))
   assert rate == pytest.approx(1.0)
   assert blocks[0].ndim == 2 and blocks[0].shape[0] > 28

@@ -467,7 +467,7 @@ class TestKernels:
       np.testing.assert_array_equal(fast_run.v, slow_run.v)
       np.testing.assert_allclose(fast_run.coefficients, per_example,
                                  rtol=1e-6)
-    # The visible means are the conditionals of MODEL.md section 3 with
+    # The visible means are the conditionals of docs/model.md section 3 with
     # per-example c, written out in numpy.
     a = np.asarray(params["a"], np.float64)
     h = np.asarray(slow_info.hidden, np.float64).reshape((-1, NH, DH))

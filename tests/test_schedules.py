@@ -12,12 +12,16 @@ import optax
 import pytest
 
 import capsjax
-from experiments import train_lib
+from experiments.runner import config as config_lib
+from experiments.runner import errors
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import loop
 from tests.test_train import tiny_config
 
 
 def _factor(config, counts):
-  f = train_lib.lr_factor(config)
+  f = factories.lr_factor(config)
   return np.array([float(f(c)) for c in counts])
 
 
@@ -49,11 +53,11 @@ def test_k_ramp_and_the_rate_divided_by_k():
                        lr_schedule="linear", final_learning_rate=0.0,
                        learning_rate=0.01, num_steps=40)
   steps = [0, 9, 10, 19, 20, 35]
-  assert [train_lib.cd_k(config, s) for s in steps] == [1, 1, 2, 2, 3, 3]
+  assert [factories.cd_k(config, s) for s in steps] == [1, 1, 2, 2, 3, 3]
   np.testing.assert_allclose(
       _factor(config, steps),
       [(1 - s / 40) / min(3, 1 + s // 10) for s in steps], rtol=1e-5)
-  assert train_lib.cd_k(tiny_config("", k=5), 1000) == 5  # no ramp
+  assert factories.cd_k(tiny_config("", k=5), 1000) == 5  # no ramp
 
 
 def test_the_schedule_scales_each_sgd_update():
@@ -63,7 +67,7 @@ def test_the_schedule_scales_each_sgd_update():
                        momentum_final=0.0, weight_decay=0.0,
                        lr_schedule="step", lr_decay_every_steps=2,
                        lr_decay_factor=0.1, learning_rate=0.5)
-  opt = train_lib.base_optimizer(config)
+  opt = factories.base_optimizer(config)
   params = {"W": jnp.ones((2, 1, 1, 1)), "a": jnp.zeros((2, 1)),
             "b": jnp.zeros((1, 1))}
   grads = jax.tree.map(jnp.ones_like, params)
@@ -75,7 +79,8 @@ def test_the_schedule_scales_each_sgd_update():
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(lr_schedule="exp"), "lr_schedule"),
-    (dict(lr_schedule="linear", final_learning_rate=1.0), "final_learning_rate"),
+    (dict(lr_schedule="linear", final_learning_rate=1.0),
+     "final_learning_rate"),
     (dict(lr_schedule="step"), "lr_decay_every_steps"),
     (dict(k_ramp_every_steps=-1), "k_ramp_every_steps"),
     (dict(num_chains=-3), "num_chains"),
@@ -86,8 +91,8 @@ def test_the_schedule_scales_each_sgd_update():
     (dict(centering=0.01, num_iterations=3), "centering"),
 ])
 def test_bad_values_are_rejected(overrides, message):
-  with pytest.raises(train_lib.ConfigError, match=f"config.{message}"):
-    train_lib.validate_config(tiny_config("", **overrides))
+  with pytest.raises(errors.ConfigError, match=f"config.{message}"):
+    config_lib.validate_config(tiny_config("", **overrides))
 
 
 @pytest.mark.slow
@@ -101,7 +106,7 @@ def test_tempered_pcd_with_more_chains_than_the_batch_resumes_exactly(
   settings = dict(num_chains=30, tempering_rungs=3, tempering_min_beta=0.6,
                   k=2, k_ramp_every_steps=10, lr_schedule="linear",
                   final_learning_rate=0.001, centering=0.1)
-  full = train_lib.train_and_evaluate(tiny_config(data_dir, **settings),
+  full = loop.train_and_evaluate(tiny_config(data_dir, **settings),
                                       str(tmp_path / "full"))
   assert full.chain.ladder.v.shape == (3, 30, 16, 49)
   assert full.offsets.hidden.shape == (4, 4)
@@ -109,10 +114,10 @@ def test_tempered_pcd_with_more_chains_than_the_batch_resumes_exactly(
   np.testing.assert_allclose(
       full.chain.coefficients,
       capsjax.route_visible(full.params, full.chain.v, capsjax.Routing(1)))
-  assert train_lib.tempering_betas(tiny_config(data_dir, **settings)) == (
+  assert factories.tempering_betas(tiny_config(data_dir, **settings)) == (
       0.6, 0.8, 1.0)
   shutil.rmtree(tmp_path / "full" / "checkpoints" / "20")
-  resumed = train_lib.train_and_evaluate(tiny_config(data_dir, **settings),
+  resumed = loop.train_and_evaluate(tiny_config(data_dir, **settings),
                                          str(tmp_path / "full"))
   for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(full),
                   strict=True):
@@ -125,9 +130,9 @@ def test_a_schedule_over_num_steps_fixes_num_steps(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir, lr_schedule="linear", num_steps=4,
                        checkpoint_every_steps=2)
-  train_lib.train_and_evaluate(config, workdir)
-  with pytest.raises(train_lib.ConfigError, match="num_steps"):
-    train_lib.train_and_evaluate(tiny_config(
+  loop.train_and_evaluate(config, workdir)
+  with pytest.raises(errors.ConfigError, match="num_steps"):
+    loop.train_and_evaluate(tiny_config(
         data_dir, lr_schedule="linear", num_steps=6,
         checkpoint_every_steps=2), workdir)
 
@@ -167,13 +172,13 @@ def test_params_ema_against_a_plain_loop():
 
 def test_the_moving_average_is_the_reported_model(data_dir, tmp_path):
   config = tiny_config(data_dir, ema_decay=0.9, num_steps=10)
-  state = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
-  average = train_lib.model_params(config, state)
+  state = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  average = factories.model_params(config, state)
   assert not np.allclose(average["W"], state.params["W"])
-  config2, restored = train_lib.load_run(str(tmp_path / "run"))
+  config2, restored = front_ends.load_run(str(tmp_path / "run"))
   for name in ("W", "a", "b"):
-    np.testing.assert_array_equal(train_lib.model_params(config2, restored)
+    np.testing.assert_array_equal(factories.model_params(config2, restored)
                                   [name], average[name])
   np.testing.assert_array_equal(
-      train_lib.model_params(tiny_config(data_dir), state)["W"],
+      factories.model_params(tiny_config(data_dir), state)["W"],
       state.params["W"])

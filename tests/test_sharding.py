@@ -19,7 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train_lib
+from experiments.runner import errors
+from experiments.runner import front_ends
+from experiments.runner import loop
 from tests import sharding_worker
 from tests import test_train
 
@@ -50,7 +52,7 @@ def reference(data_dir, tmp_path_factory):
   """The final parameters of 10 updates on one device (this process)."""
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("reference"))
-  state = train_lib.train_and_evaluate(sharding_worker.config(data_dir),
+  state = loop.train_and_evaluate(sharding_worker.config(data_dir),
                                        workdir)
   return jax.device_get(state.params)
 
@@ -61,7 +63,7 @@ def test_same_result_on_1_2_and_8_devices_and_checkpoints_move(
   # A checkpoint of update 5 written here, on one device, for the worker
   # to continue on 8.
   resume_workdir = str(tmp_path / "from1")
-  train_lib.train_and_evaluate(sharding_worker.config(data_dir, num_steps=5),
+  loop.train_and_evaluate(sharding_worker.config(data_dir, num_steps=5),
                                resume_workdir)
   out = tmp_path / "worker"
   out.mkdir()
@@ -85,7 +87,7 @@ def test_same_result_on_1_2_and_8_devices_and_checkpoints_move(
   # 1 -> 8 (continued by the worker) and 8 -> 1 (continued here).
   _assert_params_close(np.load(out / "params_resumed_on_8.npz"), reference,
                        "written on 1 device, resumed on 8")
-  state = train_lib.train_and_evaluate(sharding_worker.config(data_dir),
+  state = loop.train_and_evaluate(sharding_worker.config(data_dir),
                                        str(out / "from8"))
   assert int(state.step) == 10
   _assert_params_close(jax.device_get(state.params), reference,
@@ -122,7 +124,7 @@ def test_two_processes_match_one(data_dir, reference, tmp_path):
   assert [p.returncode for p in procs] == [0, 0], "\n".join(
       f"process {i}: {stderr[-3000:]}" for i, stderr in enumerate(stderrs))
 
-  state = train_lib.load_run(str(workdir))[1]
+  state = front_ends.load_run(str(workdir))[1]
   assert int(state.step) == 10
   _assert_params_close(jax.device_get(state.params), reference,
                        "2 processes x 2 devices")
@@ -136,13 +138,13 @@ def test_two_processes_match_one(data_dir, reference, tmp_path):
 
 def test_device_settings_are_checked_before_any_work(tmp_path):
   workdir = tmp_path / "run"
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"config.num_devices = 2: JAX sees only 1 cpu "
                      r"device"):
-    train_lib.train_and_evaluate(sharding_worker.config("", num_devices=2),
+    loop.train_and_evaluate(sharding_worker.config("", num_devices=2),
                                  str(workdir))
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"config.num_devices = -1: must be an integer"):
-    train_lib.train_and_evaluate(sharding_worker.config("", num_devices=-1),
+    loop.train_and_evaluate(sharding_worker.config("", num_devices=-1),
                                  str(workdir))
   assert not workdir.exists()

@@ -1,4 +1,4 @@
-"""The public functions on batches sharded over 8 CPU devices (MODEL.md
+"""The public functions on batches sharded over 8 CPU devices (docs/model.md
 section 9): explicit axes (`jax.make_mesh`'s default), `AxisType.Auto`, and
 per-shard results inside `shard_map`, against one device. The checks run in
 a subprocess (tests/sharding_api_worker.py), whose device count is forced

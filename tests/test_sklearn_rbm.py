@@ -15,9 +15,12 @@ import threadpoolctl
 
 import capsjax
 from capsjax import data as data_lib
-from experiments import evaluation
-from experiments import sklearn_rbm
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner import errors
+from experiments.runner import front_ends
+from experiments.runner.baselines import sklearn_rbm
+from experiments.runner.evaluation import report
+from experiments.runner.evaluation import suite
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,14 @@ def random_rbm(n_pixels, n_hidden, seed=0):
   rbm.intercept_hidden_ = rng.normal(0, 1, n_hidden)
   rbm.intercept_visible_ = rng.normal(0, 1, n_pixels)
   return rbm
+
+
+def sklearn_free_energy(rbm, v):
+  """A BernoulliRBM's free energy, -v.a - sum_j log(1 + exp(W_j.v + b_j)),
+  from its public fitted attributes (sklearn's own is private)."""
+  v = np.asarray(v, np.float64)
+  return -(v @ rbm.intercept_visible_) - np.logaddexp(
+      0.0, v @ rbm.components_.T + rbm.intercept_hidden_).sum(axis=1)
 
 
 def to_capsules(x, patch):
@@ -52,7 +63,7 @@ def test_free_energy_and_hidden_probs_equal_sklearn(patch):
     c = capsjax.route_visible(params, v, r)
     np.testing.assert_allclose(c, 1.0, rtol=1e-12)
     np.testing.assert_allclose(capsjax.routed_free_energy(params, v, r),
-                               rbm._free_energy(x), rtol=1e-5)
+                               sklearn_free_energy(rbm, x), rtol=1e-5)
   h = capsjax.hidden_probs(params, v, jnp.ones((20, nv, 1)))
   np.testing.assert_allclose(h.reshape(20, 12), rbm.transform(x), rtol=1e-5,
                              atol=1e-7)
@@ -64,7 +75,7 @@ def test_partition_function_of_a_tiny_rbm():
   rbm = random_rbm(16, 5, seed=2)
   params = sklearn_rbm.params_from_sklearn(rbm, 2)
   states = np.array(list(itertools.product([0.0, 1.0], repeat=16)))
-  expected = scipy.special.logsumexp(-rbm._free_energy(states))
+  expected = scipy.special.logsumexp(-sklearn_free_energy(rbm, states))
   log_z = capsjax.exact_log_z(params, capsjax.Routing(1))
   assert float(log_z) == pytest.approx(expected, rel=1e-5)
 
@@ -92,7 +103,7 @@ def test_command_writes_a_workdir_that_evaluate_reads(tmp_path):
   assert info["num_updates"] == 2 * 5000 // 50
   assert info["train_time_s"] > 0
 
-  config, state = train_lib.load_run(str(workdir))
+  config, state = front_ends.load_run(str(workdir))
   assert config.baseline == sklearn_rbm.BASELINE
   assert (config.num_hidden_capsules, config.hidden_dim,
           config.num_iterations) == (1, 16, 1)
@@ -100,7 +111,7 @@ def test_command_writes_a_workdir_that_evaluate_reads(tmp_path):
   assert state.params["W"].shape == (16, 1, 16, 49)
 
   # The checkpoint is the RBM: refit it the same way and compare.
-  data = train_lib.load_data(config)
+  data = data_io.load_data(config)
   x = sklearn_rbm.binarized_pixels(config, data.train)
   rbm = neural_network.BernoulliRBM(n_components=16, learning_rate=0.05,
                                     batch_size=50, n_iter=2, random_state=0)
@@ -109,18 +120,19 @@ def test_command_writes_a_workdir_that_evaluate_reads(tmp_path):
   v = to_capsules(x[:100], 7)
   np.testing.assert_allclose(
       capsjax.routed_free_energy(state.params, v, capsjax.Routing(1)),
-      rbm._free_energy(x[:100].astype(np.float64)), rtol=1e-4, atol=1e-4)
+      sklearn_free_energy(rbm, x[:100]), rtol=1e-4, atol=1e-4)
 
-  settings = evaluation.Settings(ais="quick", num_betas=20, num_runs=4,
+  settings = suite.Settings(ais="quick", num_betas=20, num_runs=4,
                                  probe_train_examples=200, batch_size=500)
-  results = evaluation.evaluate(config, int(state.step), state.params, data,
+  results = suite.evaluate(config, front_ends.get(config), int(state.step),
+                           state.params, data,
                                 settings)
   assert -784 * np.log(2) < results["log_likelihood"][
       "test_log_prob_mean"] < 0
   assert 0.1 < results["linear_probe_accuracy"] <= 1
-  md = evaluation.to_markdown(results)
+  md = report.to_markdown(results)
   assert f"baseline={sklearn_rbm.BASELINE}" in md
 
   # A second run into the same workdir is refused (no mixed runs).
-  with pytest.raises(train_lib.ConfigError, match="already holds a run"):
+  with pytest.raises(errors.ConfigError, match="already holds a run"):
     sklearn_rbm.train_baseline(config, str(workdir))

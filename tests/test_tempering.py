@@ -45,9 +45,9 @@ def test_every_rung_samples_its_tempered_model(iterations):
   counts = np.zeros((len(BETAS), 64))
   for i in range(10):
     state, info = run(jax.random.key(2 + i), state=state, num_steps=10)
-    counts += [_histogram(state.ladder.v[l]) for l in range(len(BETAS))]
-  for l, beta in enumerate(BETAS):
-    tv = 0.5 * np.abs(counts[l] / 10 - _exact(params, routing, beta)).sum()
+    counts += [_histogram(state.ladder.v[rung]) for rung in range(len(BETAS))]
+  for rung, beta in enumerate(BETAS):
+    tv = 0.5 * np.abs(counts[rung] / 10 - _exact(params, routing, beta)).sum()
     assert tv < 0.05, (beta, tv)
   gap = 0.5 * np.abs(_exact(params, routing, BETAS[0])
                      - _exact(params, routing)).sum()

@@ -11,14 +11,19 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from experiments import train_lib
 from experiments.configs import default
+from experiments.runner import checkpoints
+from experiments.runner import data as data_io
+from experiments.runner import errors
+from experiments.runner import factories
+from experiments.runner import front_ends
+from experiments.runner import harness
+from experiments.runner import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +47,9 @@ def tiny_config(data_dir, **overrides):
   config.num_samples = 10
   config.sample_steps = 5
   config.momentum_switch_step = 5
+  # The mechanics under test, not default.py's recipe (PCD-10, decay).
+  config.k = 1
+  config.lr_schedule = "constant"
   # The AIS monitor compiles a program of its own: tests/test_monitors.py
   # turns it on where it is under test.
   config.monitor_ais_betas = 0
@@ -59,16 +67,17 @@ def _override_flags(config):
 
 
 def _restore(workdir):
-  return train_lib.load_run(workdir)[1]
+  return front_ends.load_run(workdir)[1]
 
 
 @pytest.mark.slow
 def test_train_and_evaluate_then_sample(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir)
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 20
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  checkpoints = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert sorted(checkpoints) == ["10", "20"]
   records = [json.loads(line) for line in
              open(os.path.join(workdir, "metrics.jsonl"))]
   keys = set().union(*records)
@@ -105,8 +114,8 @@ def test_train_and_evaluate_then_sample(data_dir, tmp_path):
 
 def test_restart_continues_from_the_latest_checkpoint(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  train_lib.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
-  state = train_lib.train_and_evaluate(tiny_config(data_dir), workdir)
+  loop.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
+  state = loop.train_and_evaluate(tiny_config(data_dir), workdir)
   assert int(state.step) == 20
   steps = [json.loads(line)["step"]
            for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -124,17 +133,17 @@ def _write_0_1_checkpoint(config, workdir, state, temperature):
   0.1 gave the temperature zero gradients, so it stays there)."""
   params = {**state.params,
             "routing_temperature": jnp.asarray(temperature, jnp.float32)}
-  opt_state = train_lib.make_optimizer(config).init(params)
+  opt_state = factories.make_optimizer(config).init(params)
   trained = dict(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
   opt_state = jax.tree_util.tree_map_with_path(
       lambda path, x: trained.pop(path, x), opt_state)
   assert not trained  # every leaf of the 0.2 state has its place
   legacy = state._replace(params=params, opt_state=opt_state)
-  train_lib.make_workdir(workdir)
-  train_lib.check_workdir_config(config, workdir)
-  mngr = train_lib.checkpoint_manager(config, workdir)
-  train_lib.save_checkpoint(mngr, int(state.step), legacy)
-  train_lib.finish_checkpoints(mngr)
+  harness.make_workdir(workdir)
+  checkpoints.check_workdir_config(config, workdir)
+  mngr = harness.checkpoint_manager(config, workdir)
+  harness.save_checkpoint(mngr, int(state.step), legacy)
+  harness.finish_checkpoints(mngr)
   mngr.close()
 
 
@@ -149,24 +158,24 @@ def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
                        checkpoint_every_steps=5, eval_every_steps=10,
                        sample_every_steps=10)
   reference = str(tmp_path / "reference")
-  train_lib.train_and_evaluate(tiny_config(**{**config, "num_steps": 5}),
+  loop.train_and_evaluate(tiny_config(**{**config, "num_steps": 5}),
                                reference)
   state = _restore(reference)
   legacy = str(tmp_path / "legacy")
   _write_0_1_checkpoint(config, legacy, state, 2.0)
 
-  _, migrated = train_lib.load_run(legacy)
+  _, migrated = front_ends.load_run(legacy)
   assert set(migrated.params) == {"W", "a", "b"}
   assert jax.tree.structure(migrated) == jax.tree.structure(state)
   for x, y in zip(jax_leaves(migrated), jax_leaves(state), strict=True):
     np.testing.assert_array_equal(x, y)
 
-  resumed = train_lib.train_and_evaluate(config, legacy)
-  expected = train_lib.train_and_evaluate(config, reference)
+  resumed = loop.train_and_evaluate(config, legacy)
+  expected = loop.train_and_evaluate(config, reference)
   assert int(resumed.step) == 10
   for x, y in zip(jax_leaves(resumed), jax_leaves(expected), strict=True):
     np.testing.assert_array_equal(x, y)
-  assert set(train_lib.load_run(legacy)[1].params) == {"W", "a", "b"}
+  assert set(front_ends.load_run(legacy)[1].params) == {"W", "a", "b"}
 
   # A temperature other than the config's is named, with the fix.
   other = str(tmp_path / "other")
@@ -174,10 +183,10 @@ def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
   message = (r"config.routing_temperature = 2.0, but checkpoint 5 in .*other "
              r"\(written by capsjax 0.1\) was trained with routing "
              r"temperature 3: set routing_temperature to 3 in .*config.json")
-  with pytest.raises(train_lib.ConfigError, match=message):
-    train_lib.train_and_evaluate(config, other)
-  with pytest.raises(train_lib.ConfigError, match=message):
-    train_lib.load_run(other)
+  with pytest.raises(errors.ConfigError, match=message):
+    loop.train_and_evaluate(config, other)
+  with pytest.raises(errors.ConfigError, match=message):
+    front_ends.load_run(other)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -191,8 +200,8 @@ def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
 def test_bad_config_values_are_rejected_before_training(
     data_dir, tmp_path, field, value, message):
   workdir = tmp_path / "run"
-  with pytest.raises(train_lib.ConfigError, match=message):
-    train_lib.train_and_evaluate(tiny_config(data_dir, **{field: value}),
+  with pytest.raises(errors.ConfigError, match=message):
+    loop.train_and_evaluate(tiny_config(data_dir, **{field: value}),
                                  str(workdir))
   assert not workdir.exists()
 
@@ -217,45 +226,43 @@ def test_command_line_errors_are_one_line(data_dir, tmp_path):
 
 def test_incompatible_workdir_is_a_clear_error(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  train_lib.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
-  with pytest.raises(train_lib.ConfigError,
+  loop.train_and_evaluate(tiny_config(data_dir, num_steps=10), workdir)
+  with pytest.raises(errors.ConfigError,
                      match=r"incompatible config \(hidden_dim: 4 in the "
                      r"workdir, 8 now\)"):
-    train_lib.train_and_evaluate(tiny_config(data_dir, hidden_dim=8), workdir)
+    loop.train_and_evaluate(tiny_config(data_dir, hidden_dim=8), workdir)
 
 
 def test_data_order_is_a_permutation_per_epoch():
   config = tiny_config("", batch_size=10)
   n = 35  # 3 full batches per epoch; the remainder is dropped
-  epoch0 = np.concatenate([train_lib.batch_indices(config, n, s)
+  epoch0 = np.concatenate([data_io.batch_indices(config, n, s)
                            for s in range(3)])
-  epoch1 = np.concatenate([train_lib.batch_indices(config, n, s)
+  epoch1 = np.concatenate([data_io.batch_indices(config, n, s)
                            for s in range(3, 6)])
   assert len(set(epoch0)) == 30 and len(set(epoch1)) == 30
   assert not np.array_equal(epoch0, epoch1)
   np.testing.assert_array_equal(epoch0[:10],
-                                train_lib.batch_indices(config, n, 0))
+                                data_io.batch_indices(config, n, 0))
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(),
-                    reason=f"raw MNIST not found at {SHARED_MNIST} "
-                    "(only on development and CI machines)")
 @pytest.mark.slow
-def test_mnist_config_trains_on_full_mnist(tmp_path, monkeypatch):
+def test_mnist_config_trains_on_full_mnist(tmp_path, monkeypatch,
+                                           raw_mnist_dir):
   from experiments.configs import mnist  # pylint: disable=g-import-not-at-top
   config = mnist.get_config()
   config.update(data_dir=str(tmp_path / "tfds"),
-                data_manual_dir=str(SHARED_MNIST), num_steps=4,
+                data_manual_dir=str(raw_mnist_dir), num_steps=4,
                 log_every_steps=2, eval_every_steps=4, sample_every_steps=4,
                 checkpoint_every_steps=4, num_samples=4, sample_steps=2,
                 num_eval_examples=100, monitor_ais_betas=0)
   # The data the run itself loaded (reading full MNIST again would take
-  # ~10 s): train_lib.load_data, recorded.
-  loaded, load_data = [], train_lib.load_data
-  monkeypatch.setattr(train_lib, "load_data",
+  # ~10 s): data_io.load_data, recorded.
+  loaded, load_data = [], data_io.load_data
+  monkeypatch.setattr(data_io, "load_data",
                       lambda c: loaded.append(load_data(c)) or loaded[-1])
   workdir = str(tmp_path / "run")
-  state = train_lib.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 4
   (data,) = loaded
   assert data.train.shape == (60000, 28, 28)
@@ -276,9 +283,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(capsjax, "train_step", poisoned)
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir, checkpoint_every_steps=5)
-  with pytest.raises(train_lib.DivergenceError,
+  with pytest.raises(errors.DivergenceError,
                      match=r"diverged at update 7: non-finite W"):
-    train_lib.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["5"]
   restored = _restore(workdir)
   assert all(np.all(np.isfinite(x)) for x in jax_leaves(restored.params))
@@ -315,18 +322,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
 def test_bad_data_is_named_before_training(corrupt, message):
   images = np.zeros((10, 28, 28), np.float32)
   corrupt(images)
-  with pytest.raises(train_lib.DataError, match=message):
-    train_lib.check_images("mnist train", images)
-  with pytest.raises(train_lib.DataError, match=r"must have shape"):
-    train_lib.check_images("x", np.zeros((4, 28, 27)))
-  with pytest.raises(train_lib.DataError, match=r"empty"):
-    train_lib.check_images("x", np.zeros((0, 28, 28)))
+  with pytest.raises(errors.DataError, match=message):
+    data_io.check_images("mnist train", images)
+  with pytest.raises(errors.DataError, match=r"must have shape"):
+    data_io.check_images("x", np.zeros((4, 28, 27)))
+  with pytest.raises(errors.DataError, match=r"empty"):
+    data_io.check_images("x", np.zeros((0, 28, 28)))
 
 
 def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
-  with pytest.raises(train_lib.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"workdir .*a_file/run is not writable"):
-    train_lib.train_and_evaluate(tiny_config(data_dir),
+    loop.train_and_evaluate(tiny_config(data_dir),
                                  str(blocker / "run"))

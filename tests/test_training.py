@@ -1,6 +1,6 @@
 """Training on 2x2 bars-and-stripes raises the exact log-likelihood.
 
-MODEL.md section 5's setting (2 visible capsules of 2 pixels, 2 hidden
+docs/model.md section 5's setting (2 visible capsules of 2 pixels, 2 hidden
 capsules of 4, CD-1, plain SGD 0.1, 2000 full-batch steps, W ~ N(0, 0.5^2)),
 through `capsjax.train_step` and optax, with the training loop of
 `experiments/bars_and_stripes.py`. Five seeds train one after another; the
@@ -9,7 +9,7 @@ run is deterministic given the keys and the log-likelihood is exact
 noise.
 
 The paper's alternation (3 iterations, uncorrected chains) is not asserted
-to learn: MODEL.md section 5 reports it getting worse, and so does
+to learn: docs/model.md section 5 reports it getting worse, and so does
 `experiments/bars_and_stripes.py`.
 """
 
@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import pytest
 
-from experiments import bars_and_stripes as bs
+from experiments.runner.baselines import bars_and_stripes as bs
 from tests import reference as ref
 
 NUM_SEEDS, STEPS = 5, 2000

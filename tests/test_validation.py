@@ -1,10 +1,10 @@
 """Bad input gives a ValueError at trace time that names the argument."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import capsjax
 from capsjax import Routing

@@ -1,4 +1,4 @@
-"""Builds capsjax/datasets/mnist_small.npz from the four official MNIST IDX files.
+"""Builds capsjax/datasets/mnist_small.npz from the four MNIST IDX files.
 
 Selection (deterministic, no RNG): the first 500 examples of each digit in the
 official train file (5000) and the first 100 of each digit in the official

@@ -46,7 +46,7 @@ def get_config():
   # more softly (T -> infinity: the unrouted model). Part of the model
   # (capsjax.Routing), not of the params.
   config.routing_temperature = 1.0
-  # "num_hidden_capsules": optimize W / Nh (MODEL.md section 5), so the
+  # "num_hidden_capsules": optimize W / Nh (docs/model.md section 5), so the
   # effective weights c W start and move like an RBM's.
   config.weight_scale = "num_hidden_capsules"
   # Contrastive divergence.
@@ -119,7 +119,7 @@ def get_config():
   # test log-likelihood is NaN when the importance weights degenerate.
   config.monitor_ais_betas = 300
   config.monitor_ais_runs = 16
-  # --- Front end (issue 5, experiments/front_ends.py): what the visible
+  # --- Front end (issue 5, experiments/runner/front_ends.py): what the visible
   # capsules are. "patches": pixel patches of patch_size^2 (the default);
   # "autoencoder": the code of the autoencoder in autoencoder_workdir
   # (python -m experiments.train_autoencoder); "layer": the hidden
@@ -131,7 +131,7 @@ def get_config():
   # a routed lower layer ("layer" front end), from uniform c.
   config.topdown_iterations = 3
   # --- end of the front-end block.
-  # Devices (experiments/sharding.py). The batch and the PCD chains are
+  # Devices (experiments/runner/sharding.py). The batch and the PCD chains are
   # split over num_devices devices (0 = all, on every host); batch_size must
   # be a multiple. shard_weights also splits W over them along Nh.
   config.num_devices = 0

@@ -24,6 +24,11 @@ from experiments.configs import default
 
 def get_config():
   config = default.get_config()
+  # The recipe of this config's measured rows (CD-1 at a constant rate),
+  # not default.py's PCD-10 with a decaying rate.
+  config.k = 1
+  config.lr_schedule = "constant"
+  config.final_learning_rate = 0.0
   config.dataset = "mnist"
   config.num_hidden_capsules = 32
   config.num_iterations = 3

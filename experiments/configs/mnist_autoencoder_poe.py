@@ -6,7 +6,7 @@ is the visible layer of a capsule PoE that routes them to 10 upper capsules
 of 16 neurons (3 routing iterations, the paper's alternation: CD-1 with
 rerouted negatives; SGD 0.02 with momentum, the settings of mnist.py).
 Samples are Gibbs chains in the PoE with routing, decoded by the
-autoencoder's decoder (experiments/front_ends.py).
+autoencoder's decoder (experiments/runner/front_ends.py).
 
 Commands (from the repository root; the IDX folder only offline):
 
@@ -34,6 +34,11 @@ from experiments.configs import default
 
 def get_config():
   config = default.get_config()
+  # The recipe of this config's measured rows (CD-1 at a constant rate),
+  # not default.py's PCD-10 with a decaying rate.
+  config.k = 1
+  config.lr_schedule = "constant"
+  config.final_learning_rate = 0.0
   config.dataset = "mnist"
   config.front_end = "autoencoder"
   config.autoencoder_workdir = "runs/autoencoder_mnist"

@@ -1,5 +1,5 @@
 r"""The best routed variant of the routed-training study (BUILD_NOTES.md,
-"Routed training study"): MODEL.md section 6's MH-corrected chains with
+"Routed training study"): docs/model.md section 6's MH-corrected chains with
 gradients through routing, Adam 1e-3, and a routing temperature of 100.
 
 Command (needs the four raw MNIST IDX .gz files, or internet access):

@@ -1,6 +1,6 @@
 r"""Stacked capsule layers, layer 1: 49 pixel patches of 4x4 -> 32 capsules of 16.
 
-The bottom of the greedy stack (MODEL.md section 8): the unrouted CD-1 layer
+The bottom of the greedy stack (docs/model.md section 8): the unrouted CD-1 layer
 of the full-MNIST table (mnist_norouting.py, CD-1, SGD 0.1, 3,000 updates),
 which reconstructs best and has the only reliable pixel log-likelihood of
 that table; routed layers go on top of it (mnist_stacked_layer2.py). A

@@ -4,7 +4,7 @@ Trained greedily on the hidden probabilities p(h | v; c(v)) of the layer in
 runs/mnist_stacked_layer1 (binarized like pixels), with 3 routing
 iterations and the paper's alternation (CD-1, SGD 0.02, as mnist.py).
 Generation: Gibbs chains with routing in this (top) layer, then the
-top-down pass E[v | h; c] through layer 1 (experiments/front_ends.py). A
+top-down pass E[v | h; c] through layer 1 (experiments/runner/front_ends.py). A
 third layer: mnist_stacked_layer3.py.
 
 Commands (after mnist_stacked_layer1.py; the IDX folder only offline):
@@ -26,6 +26,11 @@ from experiments.configs import default
 
 def get_config():
   config = default.get_config()
+  # The recipe of this config's measured rows (CD-1 at a constant rate),
+  # not default.py's PCD-10 with a decaying rate.
+  config.k = 1
+  config.lr_schedule = "constant"
+  config.final_learning_rate = 0.0
   config.dataset = "mnist"
   config.front_end = "layer"
   config.lower_workdir = "runs/mnist_stacked_layer1"

@@ -8,7 +8,7 @@ Expected: a minute or two on 2 CPU cores; blurry but recognizable
 reconstructions in runs/autoencoder_small/reconstructions.png.
 """
 
-from experiments import autoencoder
+from experiments.runner.models import autoencoder
 
 
 def get_config():

@@ -14,7 +14,7 @@ decoding binary codes (autoencoder.json); sharp reconstructions either way
 (reconstructions.png). BUILD_NOTES.md, "Issue 5".
 """
 
-from experiments import autoencoder
+from experiments.runner.models import autoencoder
 
 
 def get_config():

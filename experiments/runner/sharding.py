@@ -9,7 +9,7 @@ stores 1/n of W, the update gathers it for the step).
 The axis is explicit (`jax.make_mesh`'s default): an array's type carries
 its sharding, capsjax's functions take the batch split over it and say
 where their batch sums go (the all-reduce of the batch-averaged gradient),
-and the runner's update (train_lib.make_update) makes the visible capsules
+and the runner's update (update.make_update) makes the visible capsules
 under `auto_axes` and, with `shard_weights`, gathers W for the step.
 
 Random draws do not depend on the number of devices: with
@@ -55,8 +55,9 @@ def state_shardings(mesh, abstract_state, *, shard_weights: bool = False):
   """NamedShardings for a `capsjax.TrainState` (or its abstract shape).
 
   The persistent chain (its visible states and coefficients, batch-first;
-  a tempering ladder's after its rung axis) is split over DATA; W and every optimizer leaf of W's shape (momentum,
-  Adam moments) over DATA along Nh when `shard_weights`; the rest is
+  a tempering ladder's after its rung axis) is split over DATA; W and every
+  optimizer leaf of W's shape (momentum, Adam moments) over DATA along Nh
+  when `shard_weights`; the rest is
   replicated.
   """
   w_shape = abstract_state.params["W"].shape

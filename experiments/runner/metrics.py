@@ -14,7 +14,8 @@ import tensorboardX
 
 
 def _not_orbax_info(record) -> bool:
-  return "/orbax/" not in record.pathname or record.levelno >= std_logging.WARNING
+  return ("/orbax/" not in record.pathname
+          or record.levelno >= std_logging.WARNING)
 
 
 def quiet_orbax_logging() -> None:

@@ -7,8 +7,8 @@ workdir:
   WORKDIR/checkpoint/      the parameters (Orbax)
 
 `load(workdir)` gives back a `Loaded` whose `features` maps images (N, 28, 28)
-to the `num_features` penultimate activations that `experiments.frechet`
-compares.
+to the `num_features` penultimate activations that
+`experiments.runner.evaluation.frechet` compares.
 
 The network is two 5x5 convolutions with stride 2 (ReLU; strides instead of
 pooling: XLA's CPU convolutions dominate the cost, and a step is 7x
@@ -41,7 +41,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from capsjax import data as data_lib
-from experiments import train_lib
+from experiments.runner import data as data_io
+from experiments.runner.errors import ConfigError
+from experiments.runner.models import common
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
@@ -65,27 +67,15 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-class ClassifierError(ValueError):
+class ClassifierError(ConfigError):
   """A classifier workdir that cannot be read, or a bad config."""
 
 
 def validate_config(config) -> None:
-  if config.dataset not in data_lib.DATASETS:
-    raise ClassifierError(f"config.dataset = {config.dataset!r}: unknown; "
-                          f"known: {', '.join(data_lib.DATASETS)}")
-  for field in ("num_features", "batch_size", "num_steps"):
-    if not isinstance(config[field], int) or config[field] < 1:
-      raise ClassifierError(f"config.{field} = {config[field]!r}: must be an "
-                            "integer >= 1")
-  if len(config.conv_features) != 2 or min(config.conv_features) < 1:
-    raise ClassifierError(f"config.conv_features = {config.conv_features!r}: "
-                          "two positive channel counts")
-  if not 0 <= config.binarize_fraction <= 1:
-    raise ClassifierError(f"config.binarize_fraction = "
-                          f"{config.binarize_fraction!r}: must be in [0, 1]")
-  if not config.learning_rate > 0:
-    raise ClassifierError(f"config.learning_rate = {config.learning_rate!r}: "
-                          "must be > 0")
+  common.validate_network(config, ClassifierError,
+                          int_fields=("num_features", "batch_size",
+                                      "num_steps"),
+                          fraction_field="binarize_fraction")
 
 
 # ---------------------------------------------------------------------------
@@ -132,12 +122,6 @@ def mix_binarized(key, images: jax.Array, fraction: float) -> jax.Array:
   return jnp.where(pick[:, None, None], binary, images)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  schedule = optax.cosine_decay_schedule(config.learning_rate,
-                                         config.num_steps)
-  return optax.adam(schedule)
-
-
 def make_train_step(config, graphdef, optimizer):
   """The jitted `(params, opt_state, step, images, labels) -> (...)`."""
   base_key = jax.random.key(config.seed)
@@ -171,7 +155,7 @@ def _features(graphdef, params, images):
 
 def accuracy(graphdef, params, images, labels, batch_size: int = 1_000
              ) -> float:
-  logits = train_lib.batched(functools.partial(_logits, graphdef, params),
+  logits = data_io.batched(functools.partial(_logits, graphdef, params),
                     np.asarray(images, np.float32), batch_size)
   return float(np.mean(np.argmax(logits, -1) == labels))
 
@@ -185,13 +169,13 @@ def train(config, train_images, train_labels, log_every: int = 0
                           f"the {len(train_images)} training images")
   model = make_model(config, config.seed)
   graphdef, params = nnx.split(model)
-  optimizer = make_optimizer(config)
+  optimizer = common.make_optimizer(config)
   opt_state = optimizer.init(params)
   step_fn = make_train_step(config, graphdef, optimizer)
   loss = jnp.nan
   for step in range(config.num_steps):
     # The CD runner's data order: a permutation per epoch, from the seed.
-    idx = train_lib.batch_indices(config, len(train_images), step)
+    idx = data_io.batch_indices(config, len(train_images), step)
     params, opt_state, loss = step_fn(params, opt_state, step,
                                       train_images[idx], train_labels[idx])
     if log_every and (step + 1) % log_every == 0:
@@ -256,7 +240,7 @@ def load(workdir: str, batch_size: int = 1_000) -> Loaded:
   model = nnx.merge(graphdef, abstract_params)
   graphdef, params = nnx.split(model)
   features = functools.partial(_features, graphdef, params)
-  return Loaded(model, info, lambda images: train_lib.batched(
+  return Loaded(model, info, lambda images: data_io.batched(
       features, np.asarray(images, np.float32), batch_size))
 
 
@@ -264,20 +248,10 @@ def load(workdir: str, batch_size: int = 1_000) -> Loaded:
 # The whole command.
 
 
-def load_data(config):
-  """(train images, train labels, test images, test labels), grey in [0, 1]."""
-  kwargs = dict(data_dir=config.data_dir or os.path.join(
-      os.path.expanduser("~"), "tensorflow_datasets"),
-                manual_dir=config.data_manual_dir or None)
-  train = data_lib.load_split(config.dataset, "train", **kwargs)
-  test = data_lib.load_split(config.dataset, "test", **kwargs)
-  return (*train, *test)
-
-
 def train_and_evaluate(config, workdir: str, log_every: int = 0) -> dict:
   """Trains, measures test accuracy (grey and binarized) and saves."""
   validate_config(config)
-  train_x, train_y, test_x, test_y = load_data(config)
+  train_x, train_y, test_x, test_y = data_io.read_data(config)
   start = time.perf_counter()
   model, loss = train(config, train_x, train_y, log_every=log_every)
   train_time = time.perf_counter() - start

@@ -1,0 +1,88 @@
+"""What the hidden units know: the one-pass reconstruction error, a linear
+probe on the hidden probabilities, and k-means clustering accuracy
+(clusters matched to labels by the Hungarian method, as stacked capsule
+autoencoders report it)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from sklearn import cluster as sk_cluster
+from sklearn import linear_model
+from sklearn import pipeline
+from sklearn import preprocessing
+
+import capsjax
+from experiments.runner import data as data_io
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _reconstruction_batch(params, v, routing):
+  c = capsjax.route_visible(params, v, routing)
+  return jnp.mean(jnp.square(v - capsjax.reconstruct(params, v, c)),
+                  axis=(-2, -1))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _features_batch(params, v, routing):
+  c = capsjax.route_visible(params, v, routing)
+  h = capsjax.hidden_probs(params, v, c)
+  return h.reshape(h.shape[0], -1)
+
+
+def reconstruction_errors(params, v: np.ndarray, routing: capsjax.Routing,
+                          batch_size: int) -> np.ndarray:
+  """Per-example mean squared error of one up-down pass with c(v), (N,)."""
+  return data_io.batched(lambda x: _reconstruction_batch(params, x, routing),
+                         v, batch_size)
+
+
+def hidden_features(params, v: np.ndarray, routing: capsjax.Routing,
+                    batch_size: int) -> np.ndarray:
+  """Hidden probabilities p(h | v; c(v)), flattened to (N, Nh*Dh)."""
+  return data_io.batched(lambda x: _features_batch(params, x, routing),
+                         v, batch_size)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, *,
+                          max_iter: int = 1_000) -> float:
+  """Test accuracy of logistic regression fit on (train_x, train_y).
+
+  The features are standardized first (still a linear probe): hidden
+  probabilities near 0 or 1 otherwise slow L-BFGS down.
+  """
+  probe = pipeline.make_pipeline(
+      preprocessing.StandardScaler(),
+      linear_model.LogisticRegression(max_iter=max_iter))
+  probe.fit(train_x, train_y)
+  return float(probe.score(test_x, test_y))
+
+
+def clustering_accuracy(labels, clusters) -> float:
+  """Accuracy of the best one-to-one map from clusters to labels.
+
+  The Hungarian method on the cluster-label contingency table; with more
+  clusters than labels the unmatched clusters count as errors.
+  """
+  labels, clusters = np.asarray(labels), np.asarray(clusters)
+  if labels.shape != clusters.shape or labels.ndim != 1:
+    raise ValueError(f"labels {labels.shape} and clusters {clusters.shape} "
+                     "must be equal-length vectors")
+  _, label_ids = np.unique(labels, return_inverse=True)
+  _, cluster_ids = np.unique(clusters, return_inverse=True)
+  counts = np.zeros((cluster_ids.max() + 1, label_ids.max() + 1), np.int64)
+  np.add.at(counts, (cluster_ids, label_ids), 1)
+  rows, cols = scipy.optimize.linear_sum_assignment(counts, maximize=True)
+  return float(counts[rows, cols].sum() / len(labels))
+
+
+def kmeans_accuracy(features, labels, *, num_clusters: int = 10,
+                    seed: int = 0) -> float:
+  """k-means on `features`, scored by `clustering_accuracy`."""
+  kmeans = sk_cluster.KMeans(n_clusters=num_clusters, random_state=seed,
+                             n_init=10)
+  return clustering_accuracy(labels, kmeans.fit_predict(features))
