@@ -40,7 +40,8 @@ class CDMonitors(NamedTuple):
 
 
 def _free_energy_grads(params, v, c, visible):
-  """Hand-written `dF/dtheta` averaged over the batch (docs/model.md section 5)."""
+  """Hand-written `dF/dtheta` averaged over the batch (docs/model.md
+  section 5)."""
   p = energies.hidden_probs(params, v, c)
   n = v.size // (v.shape[-1] * v.shape[-2])
   batch_axes = tuple(range(v.ndim - 2))

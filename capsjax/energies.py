@@ -137,7 +137,8 @@ def free_energy(params, v: jax.Array, c: jax.Array, *,
 
 def routed_free_energy(params, v: jax.Array, routing: routing_lib.Routing, *,
                        visible: str = "bernoulli") -> jax.Array:
-  """`F~(v) = F(v; c(v))`, the routed model's free energy (docs/model.md section 4).
+  """`F~(v) = F(v; c(v))`, the routed model's free energy (docs/model.md
+  section 4).
 
   Differentiable through the routing (gradients flow into `c`).
   """

@@ -367,7 +367,8 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
         base_bias: Optional[jax.Array] = None,
         betas: Optional[jax.Array] = None,
         visible: str = "bernoulli") -> AISResult:
-  """Estimates log Z of the routed model (docs/model.md sections 4 and 7) by AIS.
+  """Estimates log Z of the routed model (docs/model.md sections 4, 7) by
+  AIS.
 
   Runs `num_runs` independent annealing chains from the base model (the
   independent Bernoulli units with biases `base_bias`, default 0: uniform)

@@ -166,7 +166,8 @@ def gibbs(routing: routing_lib.Routing, *, visible: str = "bernoulli",
 
 
 def mh(routing: routing_lib.Routing, *, visible: str = "bernoulli") -> Kernel:
-  """The Metropolis-Hastings-corrected kernel (docs/model.md section 6): exact."""
+  """The Metropolis-Hastings-corrected kernel (docs/model.md section 6):
+  exact."""
   routing_lib.check_routing(routing)
   visible = validation.visible_type(visible)
   return Kernel(_Init(routing), _MHStep(routing, visible), routing, visible,

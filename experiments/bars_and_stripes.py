@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from experiments.runner import harness
 from experiments.runner.baselines import bars_and_stripes as bs
 
 _STEPS = flags.DEFINE_integer("steps", 2000, "SGD steps (full batch).")
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=harness.parse_flags)

@@ -6,6 +6,7 @@ divergence."""
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import logging
 import jax
@@ -20,6 +21,7 @@ from experiments.runner import harness
 from experiments.runner import sharding as sharding_lib
 from experiments.runner import state as state_lib
 from experiments.runner import visible
+from experiments.runner.errors import CheckpointError
 from experiments.runner.errors import ConfigError
 
 
@@ -37,28 +39,106 @@ def check_workdir_config(config, workdir: str) -> None:
 
 def restore_latest(config, front_end: visible.FrontEnd, workdir: str,
                    mngr: ocp.CheckpointManager, shardings=None):
-  """The latest checkpoint's state, or None when there is none.
+  """The latest readable checkpoint's state, or None when there is none.
 
   The arrays are restored straight into `shardings` (a pytree like the
   state, e.g. `state.make_shardings(config, front_end).state`), whatever
   the devices that wrote them; by default onto this process's first device.
   A checkpoint written by capsjax 0.1 whose params hold the routing
   temperature is migrated (`_restore_with_temperature`).
+
+  A checkpoint that cannot be read (corrupt, truncated, unreadable) is
+  reported in one line and the next older one is tried; once one
+  restores, the unreadable newer ones are set aside in
+  WORKDIR/corrupt_checkpoints/ (moved, never deleted). When none restores
+  nothing is moved and CheckpointError names each step and its cause.
   """
-  step = mngr.latest_step()
-  if step is None:
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
     return None
-  logging.info("Restoring checkpoint of step %d from %s", step, workdir)
   abstract = state_lib.abstract_state(config, front_end)
   if shardings is None:
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: one, abstract)
+  unreadable = []
+  for step in steps:
+    logging.info("Restoring checkpoint of step %d from %s", step, workdir)
+    try:
+      state = _restore_step(config, workdir, mngr, step, abstract, shardings)
+    except ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      cause = _one_line(e)
+      _ignore_late_reads()
+      logging.warning("Checkpoint %d in %s cannot be read (%s); trying the "
+                      "previous one", step, workdir, cause)
+      unreadable.append((step, cause))
+      continue
+    if unreadable:
+      _set_aside(mngr, workdir, [s for s, _ in unreadable])
+      logging.warning("Resumed from checkpoint %d: the unreadable newer "
+                      "checkpoint(s) %s are set aside in %s", step,
+                      ", ".join(str(s) for s, _ in unreadable),
+                      os.path.join(workdir, CORRUPT_DIR))
+    return state
+  raise CheckpointError(
+      f"no checkpoint in {workdir} can be read ("
+      + "; ".join(f"step {s}: {c}" for s, c in unreadable) + ")")
+
+
+# Where unreadable checkpoints go (outside checkpoints/, which Orbax lists).
+CORRUPT_DIR = "corrupt_checkpoints"
+
+
+def _restore_step(config, workdir, mngr, step, abstract, shardings):
   saved_params = mngr.item_metadata(step).tree["params"]
   if LEGACY_TEMPERATURE in saved_params:
     return _restore_with_temperature(
         config, workdir, mngr, step, abstract, shardings,
         saved_params[LEGACY_TEMPERATURE].dtype)
   return _restore_fields(mngr, step, abstract, shardings)
+
+
+def _ignore_late_reads() -> None:
+  """After a failed restore, Orbax's remaining asynchronous reads finish on
+  its closed event loop, which Python would print at exit as an ignored
+  RuntimeError with a traceback after the failure was already reported:
+  drop exactly those."""
+  previous = sys.unraisablehook
+  if getattr(previous, "capsjax_late_reads", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.capsjax_late_reads = True
+  sys.unraisablehook = hook
+
+
+def _one_line(error: Exception, limit: int = 200) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ""
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(error).__name__}: {text}"
+
+
+def _set_aside(mngr: ocp.CheckpointManager, workdir: str, steps) -> None:
+  """Moves checkpoint folders to WORKDIR/corrupt_checkpoints/STEP (a
+  numbered suffix when that exists); process 0 moves, every process then
+  re-reads the listing."""
+  if jax.process_index() == 0:
+    target_dir = os.path.join(workdir, CORRUPT_DIR)
+    os.makedirs(target_dir, exist_ok=True)
+    for step in steps:
+      target, n = os.path.join(target_dir, str(step)), 1
+      while os.path.exists(target):
+        target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
+      os.replace(os.path.join(str(mngr.directory), str(step)), target)
+  sharding_lib.barrier("capsjax: unreadable checkpoints set aside")
+  mngr.reload()
 
 
 def _restore_fields(mngr, step, abstract, shardings) -> capsjax.TrainState:

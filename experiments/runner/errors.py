@@ -15,4 +15,8 @@ class DivergenceError(RuntimeError):
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint could not be written."""
+  """A checkpoint could not be written, or none can be read."""
+
+
+class LockError(RuntimeError):
+  """The workdir has another writer (runner/lock.py)."""

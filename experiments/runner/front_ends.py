@@ -1,6 +1,6 @@
-r"""Front ends: where a capsule layer's visible capsules come from (docs/model.md
-section 8), built from a config (`get`), and reading a trained workdir
-(`load_run`).
+r"""Front ends: where a capsule layer's visible capsules come from
+(docs/model.md section 8), built from a config (`get`), and reading a
+trained workdir (`load_run`).
 
   config.front_end = "patches"      (default) pixel patches of
                                     config.patch_size^2 pixels;

@@ -8,22 +8,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import threading
 from typing import Callable, Iterable, Mapping
 
+from absl import flags
 import jax
 import orbax.checkpoint as ocp
 
 from capsjax import data as data_lib
 from experiments.runner import errors
+from experiments.runner import lock
 from experiments.runner.errors import CheckpointError
 from experiments.runner.errors import ConfigError
 
 # Errors that end a command with their message alone: bad configs, workdirs
 # and data, divergence, failed checkpoint writes, a dataset not found.
 KNOWN_ERRORS = (errors.ConfigError, errors.DataError, errors.DivergenceError,
-                errors.CheckpointError, data_lib.DatasetNotFoundError)
+                errors.CheckpointError, errors.LockError,
+                data_lib.DatasetNotFoundError)
 
 
 def exit_on_error(*extra: type[BaseException]) -> Callable:
@@ -40,6 +44,48 @@ def exit_on_error(*extra: type[BaseException]) -> Callable:
         raise SystemExit(f"error: {e}") from None
     return wrapped
   return decorate
+
+
+def parse_flags(argv):
+  """`app.run`'s flags parser: a bad flag value, an unknown or mistyped
+  config field (with ml_collections' suggestion) or a config file that does
+  not load ends the command with one line, not a traceback."""
+  try:
+    argv = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      # ml_collections defers a config file's load error to the first use.
+      flags.FLAGS["config"].value.keys()
+    return argv
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError) as e:  # ml_collections: unknown field
+    text = str(e)
+    field = re.search(r"'(\w+)", text)
+    message = f"unknown config field {field.group(1) if field else text}"
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    if suggestion:
+      message += f': did you mean "{suggestion.group(1)}"?'
+  except OSError as e:  # a config file that does not exist
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = f"cannot load the config file: {lines[-1]}"
+  except (ValueError, TypeError, SyntaxError, ImportError) as e:
+    message = " ".join(f"{type(e).__name__}: {e}".split())
+  raise SystemExit(f"error: {message} (see --helpfull)")
+
+
+@contextlib.contextmanager
+def sole_writer(workdir: str):
+  """The block as the workdir's one writer: creates the workdir, takes its
+  lock (lock.py; process 0 of a multi-host run) and checks it is writable.
+  A second writer raises LockError, having written nothing."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable: "
+                      f"{e.strerror or e}") from None
+  with lock.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    make_workdir(workdir)
+    yield
 
 
 def make_workdir(workdir: str) -> None:

@@ -35,11 +35,17 @@ from experiments.runner.errors import DivergenceError
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> capsjax.TrainState:
-  """Trains (or resumes) the run in `workdir`; returns the final state."""
+  """Trains (or resumes) the run in `workdir`, as its one writer
+  (`harness.sole_writer`); returns the final state."""
   config_lib.validate_config(config)
   front_end = front_ends.get(config)  # built once, handed down
   shardings = state_lib.make_shardings(config, front_end)
-  harness.make_workdir(workdir)
+  with harness.sole_writer(workdir):
+    return _train(config, workdir, front_end, shardings)
+
+
+def _train(config, workdir: str, front_end: visible.FrontEnd,
+           shardings: sharding_lib.Shardings) -> capsjax.TrainState:
   checkpoints.check_workdir_config(config, workdir)
   data = data_io.load_data(config)
   optimizer = factories.make_optimizer(config)

@@ -118,7 +118,14 @@ def train_baseline(config, workdir: str, *, n_iter: int | None = None,
   anything else ran.
   """
   config_lib.validate_config(config)
-  harness.make_workdir(workdir)
+  with harness.sole_writer(workdir):
+    return _fit_and_save(config, workdir, n_iter=n_iter,
+                         learning_rate=learning_rate,
+                         blas_threads=blas_threads, verbose=verbose)
+
+
+def _fit_and_save(config, workdir: str, *, n_iter, learning_rate,
+                  blas_threads, verbose) -> dict:
   if os.path.exists(os.path.join(workdir, "config.json")):
     raise ConfigError(f"{workdir} already holds a run: use a new --workdir")
   data = data_io.load_data(config)

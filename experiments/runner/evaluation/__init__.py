@@ -1,5 +1,5 @@
-"""Test-set evaluation of a trained workdir (docs/model.md section 7), one measure
-per module:
+"""Test-set evaluation of a trained workdir (docs/model.md section 7), one
+measure per module:
 
   capsules    the binarized visible capsules of a split, by batches
   likelihood  AIS and reverse AIS (RAISE) log-likelihoods; the AIS

@@ -87,9 +87,14 @@ def reconstruction_figure(model: ae.Autoencoder, test_x, key, n=10):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (or resumes) the autoencoder in `workdir`; returns test results."""
+  """Trains (or resumes) the autoencoder in `workdir`, as its one writer;
+  returns test results."""
   ae.validate_config(config)
-  harness.make_workdir(workdir)
+  with harness.sole_writer(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   harness.check_workdir_config(
       workdir, json.loads(config.to_json()).items(),
       load_saved=_saved_record, resumable=ae.RESUMABLE_FIELDS,

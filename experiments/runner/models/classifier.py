@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 
 from capsjax import data as data_lib
 from experiments.runner import data as data_io
+from experiments.runner import harness
 from experiments.runner.errors import ConfigError
 from experiments.runner.models import common
 
@@ -249,8 +250,14 @@ def load(workdir: str, batch_size: int = 1_000) -> Loaded:
 
 
 def train_and_evaluate(config, workdir: str, log_every: int = 0) -> dict:
-  """Trains, measures test accuracy (grey and binarized) and saves."""
+  """Trains, measures test accuracy (grey and binarized) and saves, as the
+  workdir's one writer."""
   validate_config(config)
+  with harness.sole_writer(workdir):
+    return _train_and_save(config, workdir, log_every)
+
+
+def _train_and_save(config, workdir: str, log_every: int) -> dict:
   train_x, train_y, test_x, test_y = data_io.read_data(config)
   start = time.perf_counter()
   model, loss = train(config, train_x, train_y, log_every=log_every)
