@@ -56,13 +56,16 @@ from capsjax.likelihood import reverse_ais
 from capsjax.likelihood import tempered_log_density
 from capsjax.likelihood import tempered_mh_step
 from capsjax.modules import CapsulePoE
+from capsjax.routing import RULES
 from capsjax.routing import Routing
+from capsjax.routing import RoutingParse
 from capsjax.routing import RoutingResult
 from capsjax.routing import predictions
 from capsjax.routing import route
 from capsjax.routing import route_from_visible
 from capsjax.routing import route_visible
 from capsjax.routing import routing_entropy
+from capsjax.routing import routing_parse
 from capsjax.routing import squash
 from capsjax.sampling import ChainInfo
 from capsjax.sampling import ChainState

@@ -56,7 +56,9 @@ def predictions(params, v: jax.Array) -> jax.Array:
   return jnp.einsum("ijkl,...il->...ijk", params["W"], v)
 
 
-RULES = ("sabour",)
+# Agreement rules (docs/model.md section 2). Any deterministic c(v) keeps
+# the routed model a proper energy model, so the rule is a free choice.
+RULES = ("sabour", "cosine", "normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,15 @@ class Routing:
     temperature: T > 0; every softmax is `softmax(logits / T)`. T = 1 is
       Sabour et al.'s routing; T -> infinity tends to uniform routing. Not
       in the paper: a variant for the routed-training study.
-    rule: the agreement rule; "sabour" (`u_hat_ij . o_j`, Procedure 1).
+    rule: the agreement added to the logits each iteration.
+      "sabour": `u_hat_ij . o_j` (Procedure 1). It grows with the square of
+        the weights, so routing hardens as a product of experts learns.
+      "cosine": `cos(u_hat_ij, o_j)`, in [-1, 1] whatever the weights; the
+        temperature sets its sharpness (T = 0.2 is `5 cos`).
+      "normalized": Procedure 1 on the unit votes `u_hat_ij / |u_hat_ij|`
+        (the votes' directions decide c; the energy and `inputs` keep the
+        votes themselves).
+      Neither scale-free rule's logits can grow past r - 1 in magnitude.
   """
   num_iterations: int = 3
   temperature: float = 1.0
@@ -141,10 +151,30 @@ def _agreement(u, o):
   return lax.dot_general(u, o, (((3,), (2,)), ((0, 1), (0, 1))))
 
 
+def _inverse_norm(x):
+  """`1 / |x|` over the last axis; 0 where x = 0 (a blank patch's votes,
+  whose agreement is then 0: uniform routing), with gradient 0 there.
+
+  Computed in at least float32, as `squash` (the caller casts the product
+  back), and without an epsilon: the gradient of `x / sqrt(|x|^2 + eps)`
+  at 0 is `1 / sqrt(eps)`, which overflows float16.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  sq = jnp.sum(jnp.square(x), axis=-1)
+  nonzero = sq > 0
+  # The inner where keeps rsqrt's infinite gradient at 0 out of the chain.
+  return jnp.where(nonzero, lax.rsqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
 def _route_chunk(u, routing, stop_inner_gradients):
   """Procedure 1 on votes laid out (C, Nh, Nv, Dh); returns (logits, c, s)."""
   votes_for_logits = lax.stop_gradient(u) if stop_inner_gradients else u
   t = routing.temperature
+  if routing.rule == "normalized":
+    votes_for_logits = (votes_for_logits * _inverse_norm(votes_for_logits)[
+        ..., None]).astype(u.dtype)
+  elif routing.rule == "cosine":
+    inv_u = _inverse_norm(votes_for_logits)  # (C, Nh, Nv), computed once
 
   def coefficients(logits):
     if t == 1:
@@ -152,8 +182,12 @@ def _route_chunk(u, routing, stop_inner_gradients):
     return jax.nn.softmax(logits / t, axis=1)
 
   def update(_, logits):
-    o = squash(_weighted_votes(coefficients(logits), votes_for_logits))
-    return logits + _agreement(votes_for_logits, o)
+    s = _weighted_votes(coefficients(logits), votes_for_logits)
+    if routing.rule == "cosine":
+      # squash keeps directions: cos(u, o) = cos(u, s).
+      return logits + (_agreement(votes_for_logits, s) * inv_u
+                       * _inverse_norm(s)[..., None]).astype(logits.dtype)
+    return logits + _agreement(votes_for_logits, squash(s))
 
   # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
   # zeros_like keeps the votes' sharding, so that the loop carry has one
@@ -303,3 +337,72 @@ def routing_entropy(c: jax.Array) -> jax.Array:
   log(Nh) for uniform routing, 0 for hard routing.
   """
   return -jnp.sum(jax.scipy.special.xlogy(c, c), axis=-1)
+
+
+class RoutingParse(NamedTuple):
+  """Whether routing parses images (`routing_parse`)."""
+  parse_fraction: jax.Array     # share of qualifying capsules that parse
+  num_qualifying: jax.Array     # lower capsules active often enough
+  class_information: jax.Array  # nats, mean over qualifying capsules
+
+
+def routing_parse(c: jax.Array, v: jax.Array, labels: jax.Array | None = None,
+                  *, num_classes: int = 10, min_active: int = 20,
+                  max_modal_share: float = 0.8) -> RoutingParse:
+  """Does routing change with the image, or is it a fixed partition?
+
+  Each example's lower capsule i chooses its upper capsule `argmax_j c_ij`;
+  only examples in which capsule i is active (some `v_i != 0`; a blank
+  patch routes uniformly) count. A capsule qualifies when it is active in
+  at least `min_active` examples, and it *parses* when its most common
+  choice takes less than `max_modal_share` of them.
+
+  Args:
+    c: coefficients (B, Nv, Nh) of B examples (e.g. 1,000 test digits).
+    v: their visible states (B, Nv, Dv).
+    labels: optional int classes (B,) in [0, num_classes).
+    num_classes, min_active, max_modal_share: static under `jit` (pass
+      them in `static_argnames`; `num_classes` sets a shape).
+
+  Returns:
+    A `RoutingParse`: the fraction of qualifying capsules that parse (0 for
+    a fixed partition; NaN when none qualifies), their number, and the
+    mutual information in nats between the class and the choice, over the
+    examples where the capsule is active (the plug-in estimate, biased
+    upward by about (classes - 1)(Nh - 1) / (2 n) for n examples; 0 for a
+    fixed partition; NaN without labels or qualifying capsules), averaged
+    over the qualifying capsules.
+  """
+  if c.ndim != 3 or v.ndim != 3 or c.shape[:2] != v.shape[:2]:
+    raise ValueError(f"c must be (B, Nv, Nh) and v (B, Nv, Dv) with equal "
+                     f"B and Nv; got {c.shape} and {v.shape}")
+  if labels is not None and jnp.shape(labels) != c.shape[:1]:
+    raise ValueError(f"labels must be (B,) = {c.shape[:1]}; got "
+                     f"{jnp.shape(labels)}")
+  active = jnp.any(v != 0, axis=-1).astype(jnp.float32)          # (B, Nv)
+  choice = jax.nn.one_hot(jnp.argmax(c, axis=-1), c.shape[-1])   # (B, Nv, Nh)
+  counts = jnp.einsum("bi,bij->ij", active, choice)              # (Nv, Nh)
+  n = jnp.sum(counts, axis=-1)
+  qualifying = n >= min_active
+  num_qualifying = jnp.sum(qualifying)
+  parses = jnp.max(counts, axis=-1) < max_modal_share * n
+
+  def mean_over_qualifying(x):
+    return jnp.where(num_qualifying > 0,
+                     jnp.sum(jnp.where(qualifying, x, 0.0))
+                     / jnp.maximum(num_qualifying, 1), jnp.nan)
+
+  if labels is None:
+    info = jnp.nan
+  else:
+    y = jax.nn.one_hot(labels, num_classes)                      # (B, K)
+    joint = jnp.einsum("bi,bk,bij->ikj", active, y, choice)      # (Nv, K, Nh)
+    p = joint / jnp.maximum(n, 1)[:, None, None]
+    outer = jnp.sum(p, axis=2, keepdims=True) * jnp.sum(p, axis=1,
+                                                        keepdims=True)
+    ratio = jnp.where(p > 0, p / jnp.where(p > 0, outer, 1.0), 1.0)
+    info = mean_over_qualifying(jnp.sum(p * jnp.log(ratio), axis=(1, 2)))
+  return RoutingParse(
+      parse_fraction=mean_over_qualifying(parses.astype(jnp.float32)),
+      num_qualifying=num_qualifying,
+      class_information=jnp.asarray(info, jnp.float32))

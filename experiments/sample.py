@@ -8,7 +8,8 @@ r"""Writes model samples from a workdir: a PNG figure or the arrays (.npz).
 Loads the config recorded in the workdir and its latest checkpoint.
 
 --method=gibbs (the default): Gibbs chains with routing (MH-corrected with
---mh) started from the data marginals, --steps steps each.
+--mh) started from the data marginals (--init=noise: from uniform noise),
+--steps steps each.
 --method=anneal: the final states of annealing runs along the AIS path
 (`capsjax.ais(...).samples`: from the data-marginal base model to the model
 through --num_betas inverse temperatures, MH-corrected for a routed
@@ -27,10 +28,20 @@ A .npz --out: the arrays
            decoded visible means of the last step; anneal: the decoded
            binary final states)
   states   (N, Nv, Dv) uint8: the final binary visible states
-  acceptance_rate, step, method, num_steps (gibbs) or num_betas (anneal)
-with N = --num_samples (default: the config's num_samples).
+  acceptance_rate, step, method, num_steps and init (gibbs) or num_betas
+  (anneal)
+with N = --num_samples (default: the config's num_samples); with
+--classifier_workdir also class_histogram, entropy_nats and
+classes_above_threshold, the samples' class diversity under that
+classifier (printed too). The default config's check (docs/results.md):
+
+  python -m experiments.sample --workdir=runs/default --init=noise \
+      --num_samples=500 --steps=1000 \
+      --classifier_workdir=runs/classifier_mnist \
+      --out=runs/default/noise_samples.npz
 """
 
+import json
 import os
 
 from absl import app
@@ -40,6 +51,7 @@ import jax
 import numpy as np
 
 from experiments.runner import data as data_io
+from experiments.runner import errors
 from experiments.runner import factories
 from experiments.runner import front_ends
 from experiments.runner import harness
@@ -47,6 +59,8 @@ from experiments.runner import images
 from experiments.runner import metrics
 from experiments.runner import monitors
 from experiments.runner import visible
+from experiments.runner.evaluation import diversity
+from experiments.runner.models import classifier
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +72,8 @@ def _define_flags():
   flags.DEFINE_string("out", None, "The file to write: a PNG figure, or the "
                       "sample arrays if it ends in .npz.", required=True)
   flags.DEFINE_enum("method", "gibbs", ["gibbs", "anneal"],
-                    "gibbs: Gibbs chains from the data marginals; anneal: "
+                    "gibbs: Gibbs chains (from the data marginals, or see "
+                    "--init); anneal: "
                     "final states of AIS annealing runs.")
   flags.DEFINE_bool("mh", False, "Metropolis-Hastings-corrected chains "
                     "(--method=gibbs).")
@@ -71,12 +86,24 @@ def _define_flags():
                        "runs; default: the config's num_samples).",
                        lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Seed of the chains.")
+  flags.DEFINE_enum("init", "marginals", ["marginals", "noise"],
+                    "Where Gibbs chains start: Bernoulli(data marginals) or "
+                    "uniform noise, Bernoulli(0.5) (--method=gibbs).")
+  flags.DEFINE_string("classifier_workdir", None, "A classifier workdir "
+                      "(python -m experiments.train_classifier): also "
+                      "report the samples' class diversity (needs a .npz "
+                      "--out).")
 
 
 @harness.exit_on_error()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  method, out = FLAGS.method, FLAGS.out
+  if FLAGS.classifier_workdir and not out.lower().endswith(".npz"):
+    raise errors.ConfigError("--classifier_workdir needs --out=FILE.npz")
+  if FLAGS.init == "noise" and method != "gibbs":
+    raise errors.ConfigError("--init=noise is for --method=gibbs")
   metrics.quiet_orbax_logging()
   config, state = front_ends.load_run(FLAGS.workdir)
   front_end = front_ends.get(config)
@@ -85,21 +112,33 @@ def main(argv):
     config.sample_steps = FLAGS.steps
   if FLAGS.num_samples is not None:
     config.num_samples = FLAGS.num_samples
-  method, out = FLAGS.method, FLAGS.out
   marginals = visible.marginals(front_end, d.train)
+  if FLAGS.init == "noise":
+    marginals = np.full_like(marginals, 0.5)
   key = jax.random.key(FLAGS.seed)
   if out.lower().endswith(".npz"):
     states, samples, acceptance = monitors.draw(
         config, front_end, factories.model_params(config, state), key,
         marginals,
         method=method, mh=FLAGS.mh, num_betas=FLAGS.num_betas)
-    length = ({"num_steps": config.sample_steps, "mh": FLAGS.mh}
+    length = ({"num_steps": config.sample_steps, "mh": FLAGS.mh,
+               "init": FLAGS.init}
               if method == "gibbs" else {"num_betas": FLAGS.num_betas})
+    scores = {}
+    if FLAGS.classifier_workdir:
+      clf = classifier.load(FLAGS.classifier_workdir)
+      div = diversity.sample_diversity(clf, clf.features(samples))
+      logging.info("Sample diversity: %s", json.dumps(div))
+      print(json.dumps({"diversity": div}))
+      scores = {k: np.asarray(div[k]) for k in
+                ("class_histogram", "entropy_nats", "classes_above_threshold")
+                if k in div}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.savez_compressed(out, samples=samples,
                         states=states.astype(np.uint8),
                         acceptance_rate=np.float32(acceptance),
-                        step=np.int64(state.step), method=method, **length)
+                        step=np.int64(state.step), method=method, **length,
+                        **scores)
   else:
     if method == "gibbs":
       sampler = monitors.make_sampler(config, mh=FLAGS.mh)

@@ -15,26 +15,32 @@ def squash(s):
   return n2 / (1.0 + n2) * s / np.sqrt(n2)
 
 
-def route(u_hat, r, temperature=1.0):
+def route(u_hat, r, temperature=1.0, rule="sabour"):
   """Sabour et al. 2017, Procedure 1, for one example; u_hat (Nv, Nh, Dh).
 
   Returns the coefficients c (Nv, Nh) used in the last iteration. With a
-  temperature T each softmax is taken of the logits divided by T.
+  temperature T each softmax is taken of the logits divided by T. rule:
+  the agreement, "sabour" (u . squash(s)), "cosine" (cos(u, s), 0 where
+  u or s is 0) or "normalized" (Procedure 1 on u / |u|, 0 votes kept 0).
   """
   nv, nh, _ = u_hat.shape
+  if rule == "normalized":
+    norms = np.linalg.norm(u_hat, axis=-1, keepdims=True)
+    u_hat = np.where(norms > 0, u_hat / np.where(norms > 0, norms, 1), 0)
   b = np.zeros((nv, nh))
   for _ in range(r):
     c = np.zeros((nv, nh))
     for i in range(nv):
       e = np.exp((b[i] - b[i].max()) / temperature)
       c[i] = e / e.sum()
-    v = []
-    for j in range(nh):
-      s_j = sum(c[i, j] * u_hat[i, j] for i in range(nv))
-      v.append(squash(s_j))
+    s = [sum(c[i, j] * u_hat[i, j] for i in range(nv)) for j in range(nh)]
     for i in range(nv):
       for j in range(nh):
-        b[i, j] += float(np.dot(u_hat[i, j], v[j]))
+        if rule == "cosine":
+          norm = np.linalg.norm(u_hat[i, j]) * np.linalg.norm(s[j])
+          b[i, j] += float(np.dot(u_hat[i, j], s[j])) / norm if norm else 0.0
+        else:
+          b[i, j] += float(np.dot(u_hat[i, j], squash(s[j])))
   return c
 
 
@@ -78,7 +84,7 @@ def free_energy(params, v, c, visible="bernoulli"):
   return -(m + np.log(np.sum(np.exp(neg_e - m))))
 
 
-def routed_log_probs(params, r, temperature=1.0):
+def routed_log_probs(params, r, temperature=1.0, rule="sabour"):
   """log p(v) of the routed model (docs/model.md section 4) for every binary v.
 
   Returns (states (S, Nv, Dv), log_p (S,)). `r` routing iterations at
@@ -88,7 +94,8 @@ def routed_log_probs(params, r, temperature=1.0):
   t = float(temperature)
   nv, _, _, dv = W.shape
   states = binary_states((nv, dv))
-  neg_f = np.array([-free_energy(params, v, route(predictions(W, v), r, t))
+  neg_f = np.array([-free_energy(params, v,
+                                 route(predictions(W, v), r, t, rule))
                     for v in states])
   m = neg_f.max()
   return states, neg_f - (m + np.log(np.sum(np.exp(neg_f - m))))

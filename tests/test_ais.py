@@ -332,11 +332,13 @@ def check_against_exact(result, exact):
   assert abs(err) < 3.0 * std + BAND_SLACK
 
 
-@pytest.mark.parametrize("r,temperature", [(1, None), (3, None), (3, 4.0)])
-def test_random_layer_matches_exact(r, temperature):
+@pytest.mark.parametrize("r,temperature,rule", [
+    (1, None, "sabour"), (3, None, "sabour"), (3, 4.0, "sabour"),
+    (3, 0.2, "cosine")])
+def test_random_layer_matches_exact(r, temperature, rule):
   params = random_params(20 + r)
   # A softer routed model: the temperature is part of the Routing.
-  routing = Routing(r) if temperature is None else Routing(r, temperature)
+  routing = Routing(r, 1.0 if temperature is None else temperature, rule)
   result = run_ais(jax.random.key(21), params, routing, LONG)
   check_against_exact(result, exact_log_z(params, routing))
   assert result.log_weights.shape == (NUM_RUNS,)

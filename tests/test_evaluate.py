@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -30,7 +31,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_AIS = dict(ais="quick", num_betas=50, num_runs=8)
 TOP_KEYS = {"step", "num_test_examples", "log_likelihood",
             "reconstruction_error", "linear_probe_accuracy",
-            "clustering_accuracy", "frechet", "settings", "config",
+            "clustering_accuracy", "routing", "frechet", "settings",
+            "config",
             "wall_time_s", "platform"}
 LL_KEYS = {"test_log_prob_mean", "test_log_prob_sem", "log_z", "log_z_std",
            "log_z_base", "ess", "acceptance_rate", "reliable", "reverse_ais"}
@@ -78,6 +80,8 @@ def _check_results(results, num_runs):
   assert 0 < results["reconstruction_error"] < 0.25
   assert 0.1 < results["linear_probe_accuracy"] <= 1  # above chance
   assert 0.1 <= results["clustering_accuracy"] <= 1
+  assert results["routing"] == {"computed": False,
+                                "note": "unrouted layer: c = 1/Nh"}
   # No --classifier_workdir: tests/test_frechet.py covers the distance.
   assert results["frechet"] == {"computed": False,
                                 "note": report.FRECHET_HINT}
@@ -326,3 +330,47 @@ def test_reverse_ais_log_probs_in_batches_match_exact_log_p():
     sem = np.std(diff, ddof=1) / np.sqrt(len(diff))
     assert diff.mean() < 3 * sem  # conservative (Jensen), up to noise
     assert diff.mean() > -0.3     # and close: 200 betas, 6 pixels
+
+
+def test_routing_diagnostics_of_a_routed_layer(tmp_path, monkeypatch):
+  """A tiny cosine-routed run logs the parse fraction and class information
+  while training, and evaluate's routing entry is capsjax.routing_parse of
+  the coefficients of the first PARSE_EXAMPLES test digits."""
+  config = tiny_config(str(tmp_path / "tfds"), num_iterations=3,
+                       routing_rule="cosine",
+                       routing_temperature=0.2)
+  workdir = str(tmp_path / "run")
+  state = loop.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  evaluated = [m for m in logged if "test_routing_parse_fraction" in m]
+  assert [m["step"] for m in evaluated] == [10, 20]
+  assert all(0 <= m["test_routing_parse_fraction"] <= 1 and
+             m["test_routing_class_information"] >= 0 for m in evaluated)
+
+  routing = factories.make_routing(config)
+  assert routing == capsjax.Routing(3, 0.2, "cosine")
+  monkeypatch.setattr(probes, "PARSE_EXAMPLES", 300)  # the cut is applied
+  data = data_io.load_data(config)
+  front_end = front_ends.get(config)
+  settings = suite.Settings(**TINY_AIS, probe_train_examples=200,
+                            batch_size=128, reverse_ais_examples=0)
+  got = suite.evaluate(config, front_end, 20, state.params, data,
+                       settings)["routing"]
+  keys = suite.evaluation_keys(settings.seed)
+  test_v = capsules.binarize_capsules(front_end, config.binarize, data.test,
+                                      keys["test"], 128)[:300]
+  c = capsjax.route_visible(state.params, jnp.asarray(test_v), routing)
+  expected = capsjax.routing_parse(c, jnp.asarray(test_v),
+                                   jnp.asarray(data.test_labels[:300]))
+  assert got["num_examples"] == 300
+  assert got["parse_fraction"] == pytest.approx(
+      float(expected.parse_fraction), abs=1e-6)
+  assert got["class_information_nats"] == pytest.approx(
+      float(expected.class_information), rel=1e-4)
+  assert got["num_qualifying"] == int(expected.num_qualifying) > 0
+  assert got["entropy_nats"] == pytest.approx(
+      float(jnp.mean(capsjax.routing_entropy(c))), rel=1e-5)
+  md = report.to_markdown(fake_report() | {"routing": got})
+  assert (f"parse fraction {got['parse_fraction']:.3f} of "
+          f"{got['num_qualifying']} capsules") in md

@@ -302,3 +302,44 @@ def test_evaluate_reports_the_frechet_distance(small_data, trained,
   assert (f"| Fréchet distance, samples vs test (classifier features) | "
           f"{fd['distance']:.2f} (floor, binarized train vs test: "
           f"{fd['floor_train_vs_test']:.2f}) |") in md
+
+
+@pytest.mark.slow
+def test_sample_command_reports_class_diversity(small_data, trained,
+                                                tmp_path):
+  """experiments.sample --classifier_workdir stores the samples' class
+  histogram beside them; chains started from noise say so; without a .npz
+  the flag is a one-line error."""
+  config, _ = small_data
+  run_dir = tmp_path / "run"
+  sklearn_rbm.train_baseline(test_evaluate.tiny_config(config.data_dir),
+                             str(run_dir), n_iter=1, learning_rate=0.05)
+
+  def sample(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sample", f"--workdir={run_dir}",
+         f"--classifier_workdir={trained[3]}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+
+  out = tmp_path / "noise.npz"
+  result = sample(f"--out={out}", "--init=noise", "--steps=3",
+                  "--num_samples=50")
+  assert result.returncode == 0, result.stderr[-2000:]
+  with np.load(out) as z:
+    histogram = z["class_histogram"]
+    assert str(z["init"]) == "noise"
+    assert histogram.shape == (10,) and histogram.sum() == 50
+    assert float(z["entropy_nats"]) == pytest.approx(
+        scipy.stats.entropy(histogram), rel=1e-6)
+    assert int(z["classes_above_threshold"]) == int(
+        np.sum(histogram / 50 > 0.03))
+  printed = [json.loads(line) for line in result.stdout.splitlines()
+             if line.startswith('{"diversity"')]
+  assert len(printed) == 1
+  assert printed[0]["diversity"]["class_histogram"] == histogram.tolist()
+
+  bad = sample(f"--out={tmp_path / 'samples.png'}")
+  assert bad.returncode != 0
+  assert bad.stderr.strip().splitlines()[-1].endswith(
+      "--classifier_workdir needs --out=FILE.npz")
+  assert not (tmp_path / "samples.png").exists()

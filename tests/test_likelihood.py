@@ -16,16 +16,19 @@ def _params(seed, nv=3, dv=2, nh=2, dh=3, scale=1.0):
           "a": rng.normal(size=(nv, dv)), "b": rng.normal(size=(nh, dh))}
 
 
-@pytest.mark.parametrize("r,temperature", [(1, None), (3, None), (3, 3.0)])
+@pytest.mark.parametrize("r,temperature,rule", [
+    (1, None, "sabour"), (3, None, "sabour"), (3, 3.0, "sabour"),
+    (3, 0.2, "cosine"), (3, None, "normalized")])
 @pytest.mark.parametrize("chunk_size", [5, 4096])  # 5: a masked last chunk
-def test_exact_log_z_matches_enumeration(r, temperature, chunk_size):
+def test_exact_log_z_matches_enumeration(r, temperature, rule, chunk_size):
   with jax.enable_x64(True):
     params = _params(r)
     t = 1.0 if temperature is None else temperature
-    states, log_p = reference.routed_log_probs(params, r, temperature=t)
+    states, log_p = reference.routed_log_probs(params, r, temperature=t,
+                                               rule=rule)
     jparams = jax.tree.map(jnp.asarray, params)
-    routing = (Routing(r) if temperature is None else
-               Routing(r, temperature=temperature))
+    routing = (Routing(r, rule=rule) if temperature is None else
+               Routing(r, temperature=temperature, rule=rule))
     log_z = capsjax.exact_log_z(jparams, routing, chunk_size=chunk_size)
     got = capsjax.log_prob(jparams, jnp.asarray(states), routing, log_z)
     np.testing.assert_allclose(got, log_p, rtol=1e-10, atol=1e-10)

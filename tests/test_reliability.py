@@ -102,13 +102,16 @@ def test_a_second_writer_exits_at_once_and_writes_nothing(data_dir, tmp_path):
   config = tiny_config(data_dir, num_steps=100_000, checkpoint_every_steps=50)
   args = ["-m", "experiments.train", "--config=experiments/configs/default.py",
           f"--workdir={workdir}", *_override_flags(config)]
-  first = subprocess.Popen([sys.executable, *args], cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+  # stderr to a file, not a pipe: nobody reads a pipe while the first
+  # writer runs, and a full pipe would block its logging (and its exit).
+  log = tmp_path / "first.log"
+  with open(log, "w") as err:
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=err)
   try:
     deadline = time.time() + 240
     while not (workdir / "checkpoints" / "50").exists():
-      assert first.poll() is None, first.stderr.read()[-2000:]
+      assert first.poll() is None, log.read_text()[-2000:]
       assert time.time() < deadline, "the first writer made no checkpoint"
       time.sleep(0.5)
     record = (workdir / "config.json").stat().st_mtime_ns

@@ -251,3 +251,146 @@ class TestRoute:
     np.testing.assert_allclose(h, np.log(nh), rtol=1e-6)
     hard = jax.nn.one_hot(jnp.array([0, 3]), nh)
     np.testing.assert_allclose(capsjax.routing_entropy(hard), 0.0, atol=1e-7)
+
+
+class TestRules:
+  """The scale-free agreement rules against the numpy loop."""
+
+  @pytest.mark.parametrize("rule", ["cosine", "normalized"])
+  @pytest.mark.parametrize("r,t", [(2, 1.0), (3, 0.2), (4, 1.0)])
+  def test_match_the_loop(self, rule, r, t):
+    u = np.array(_votes(20 + r, (4, 6, 3, 5), 2.0), np.float64)
+    u[:, 1] = 0.0  # a blank patch: its votes are 0 and it routes uniformly
+    routing = Routing(r, temperature=t, rule=rule)
+    got = capsjax.route(jnp.asarray(u, jnp.float32), routing)
+    expected = np.stack([reference.route(x, r, t, rule) for x in u])
+    np.testing.assert_allclose(got.coefficients, expected, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(got.coefficients[:, 1], 1.0 / 3.0, rtol=1e-6)
+    # inputs stay the weighted sum of the votes themselves, not of unit ones.
+    s = np.einsum("bij,bijk->bjk", expected, u)
+    np.testing.assert_allclose(got.inputs, s, rtol=1e-4, atol=1e-5)
+
+  @pytest.mark.parametrize("rule", ["cosine", "normalized"])
+  def test_scale_free(self, rule):
+    """Scaling the votes leaves c unchanged, unlike Sabour's u.o."""
+    u = _votes(30, (5, 8, 4, 6))
+    routing = Routing(3, rule=rule)
+    small = capsjax.route(u, routing).coefficients
+    large = capsjax.route(100.0 * u, routing).coefficients
+    np.testing.assert_allclose(large, small, rtol=1e-4, atol=1e-6)
+    sabour = [capsjax.route(x, Routing(3)).coefficients for x in (u, 100 * u)]
+    assert np.max(np.abs(sabour[0] - sabour[1])) > 0.1
+
+  @pytest.mark.parametrize("rule", ["cosine", "normalized"])
+  def test_route_visible_and_jit(self, rule):
+    W = np.array(_votes(31, (3, 2, 4, 5)), np.float64)
+    v = np.array(jax.random.bernoulli(jax.random.key(32), 0.5, (7, 3, 5)),
+                 np.float64)
+    params = {"W": jnp.asarray(W, jnp.float32), "a": jnp.zeros((3, 5)),
+              "b": jnp.zeros((2, 4))}
+    routing = Routing(3, temperature=0.5, rule=rule)
+    c = jax.jit(capsjax.route_visible, static_argnums=2)(
+        params, jnp.asarray(v, jnp.float32), routing)
+    expected = np.stack([reference.route(reference.predictions(W, x), 3, 0.5,
+                                         rule) for x in v])
+    np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-6)
+
+  @pytest.mark.slow
+  @pytest.mark.parametrize("rule", ["cosine", "normalized"])
+  def test_check_grads(self, rule):
+    with jax.enable_x64(True):
+      u = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 4, 2)))
+      @jax.jit
+      def f(u):
+        res = capsjax.route(u, Routing(3, temperature=0.5, rule=rule))
+        return res.coefficients, res.outputs
+      check_grads(f, (u,), order=2, modes=("fwd", "rev"))
+
+  @pytest.mark.parametrize("rule", ["cosine", "normalized"])
+  @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+  def test_half_precision_blank_patch(self, rule, dtype):
+    """Zero votes (a blank patch) route uniformly in half precision too,
+    with a finite gradient: the norms are computed in float32."""
+    u = np.array(_votes(33, (2, 4, 3, 5)), np.float32)
+    u[:, 1] = 0.0
+    routing = Routing(3, temperature=0.5, rule=rule)
+    res = capsjax.route(jnp.asarray(u, dtype), routing)
+    expected = capsjax.route(jnp.asarray(u), routing).coefficients
+    np.testing.assert_allclose(np.asarray(res.coefficients, np.float32),
+                               expected, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(res.coefficients[:, 1], np.float32),
+                               1.0 / 3.0, atol=1e-3)
+    g = jax.grad(lambda x: jnp.sum(
+        capsjax.route(x, routing).outputs.astype(jnp.float32)))(
+            jnp.asarray(u, dtype))
+    assert jnp.all(jnp.isfinite(g))
+
+  def test_unknown_rule_is_refused(self):
+    with pytest.raises(ValueError, match="Routing.rule must be one of"):
+      Routing(3, rule="em")
+
+
+def _parse_loop(c, v, labels, num_classes, min_active=20, max_share=0.8):
+  """routing_parse's definition as a plain loop over capsules and examples."""
+  fractions, infos = [], []
+  for i in range(c.shape[1]):
+    rows = [b for b in range(c.shape[0]) if np.any(v[b, i] != 0)]
+    if len(rows) < min_active:
+      continue
+    choices = [int(np.argmax(c[b, i])) for b in rows]
+    modal = max(choices.count(j) for j in set(choices))
+    fractions.append(float(modal < max_share * len(rows)))
+    info = 0.0
+    for k in range(num_classes):
+      for j in range(c.shape[2]):
+        n_kj = sum(1 for b, ch in zip(rows, choices)
+                   if labels[b] == k and ch == j)
+        if n_kj:
+          n_k = sum(1 for b in rows if labels[b] == k)
+          p, pk, pj = (n_kj / len(rows), n_k / len(rows),
+                       choices.count(j) / len(rows))
+          info += p * np.log(p / (pk * pj))
+    infos.append(info)
+  return np.mean(fractions), len(fractions), np.mean(infos)
+
+
+class TestRoutingParse:
+
+  def test_matches_the_loop(self):
+    rng = np.random.default_rng(0)
+    b, nv, nh, k = 200, 6, 4, 3
+    labels = rng.integers(0, k, b)
+    v = (rng.random((b, nv, 2)) < 0.4).astype(np.float32)
+    v[:, 5] = 0.0  # never active: does not qualify
+    logits = rng.normal(size=(b, nv, nh))
+    logits[:, 0, 2] += 5.0                  # a fixed choice: does not parse
+    logits[:, 1, :] = 0.0                   # choice follows the class:
+    logits[np.arange(b), 1, labels] = 5.0   # parses, I = H(class)
+    c = jax.nn.softmax(jnp.asarray(logits), axis=-1)
+    got = capsjax.routing_parse(c, jnp.asarray(v), jnp.asarray(labels),
+                                num_classes=k)
+    fraction, count, info = _parse_loop(np.asarray(c), v, labels, k)
+    assert int(got.num_qualifying) == count == 5
+    np.testing.assert_allclose(got.parse_fraction, fraction, rtol=1e-6)
+    np.testing.assert_allclose(got.class_information, info, rtol=1e-5)
+    assert 0.0 < float(got.parse_fraction) < 1.0
+
+  def test_fixed_partition_and_no_labels(self):
+    v = jnp.ones((50, 3, 2))
+    c = jnp.broadcast_to(jax.nn.one_hot(jnp.array([0, 2, 1]), 3), (50, 3, 3))
+    labels = jnp.arange(50) % 10
+    got = jax.jit(capsjax.routing_parse)(c, v, labels)
+    assert float(got.parse_fraction) == 0.0
+    assert float(got.class_information) == pytest.approx(0.0, abs=1e-7)
+    unlabelled = capsjax.routing_parse(c, v)
+    assert np.isnan(unlabelled.class_information)
+    few = capsjax.routing_parse(c[:10], v[:10])  # none active 20 times
+    assert int(few.num_qualifying) == 0 and np.isnan(few.parse_fraction)
+
+  def test_bad_shapes_are_named(self):
+    c, v = jnp.ones((5, 3, 2)) / 2, jnp.ones((5, 3, 4))
+    with pytest.raises(ValueError, match=r"c must be \(B, Nv, Nh\)"):
+      capsjax.routing_parse(c, v[:4])
+    with pytest.raises(ValueError, match=r"labels must be \(B,\) = \(5,\)"):
+      capsjax.routing_parse(c, v, jnp.zeros((5, 1), jnp.int32))

@@ -287,6 +287,18 @@ class TestConvergence:
     assert tv(pi, p) > 0.2  # the exact bias on this layer (0.30)
     assert tv(frequencies["gibbs"], pi) < tv_bound(pi, NUM_CHAINS)
 
+  @pytest.mark.parametrize("rule,t", [("cosine", 0.2), ("normalized", 1.0)])
+  def test_mh_chain_samples_scale_free_rules(self, rule, t):
+    """The MH kernel is exact for any deterministic c(v), these rules too."""
+    params = random_params(TINY_SEED)
+    _, log_p = ref.routed_log_probs(params, ROUTED, t, rule)
+    p = np.exp(log_p)
+    kernel = capsjax.mh(Routing(ROUTED, temperature=t, rule=rule))
+    freq = visit_frequencies(jax.random.key(7), params, kernel=kernel)
+    print(f"\nTV(MH {rule} T={t}, p) = {tv(freq, p):.4f} "
+          f"(bound {tv_bound(p, NUM_CHAINS):.4f})")
+    assert tv(freq, p) < tv_bound(p, NUM_CHAINS)
+
   def test_gibbs_without_routing_samples_rbm(self, tiny, frequencies):
     params, _ = tiny
     _, log_p = ref.routed_log_probs(params, 1)

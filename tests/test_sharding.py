@@ -111,16 +111,23 @@ def test_two_processes_match_one(data_dir, reference, tmp_path):
           f"--workdir={workdir}",
           f"--coordinator_address=localhost:{_free_port()}",
           "--num_processes=2"]
-  procs = [subprocess.Popen(args + [f"--process_id={i}"],
-                            cwd=test_train.REPO, env=_env(2),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  # stderr to files: process 1's unread pipe could fill and block it (and
+  # process 0 with it) while the test waits on process 0.
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  for i, log in enumerate(logs):
+    with open(log, "w") as err:
+      procs.append(subprocess.Popen(args + [f"--process_id={i}"],
+                                    cwd=test_train.REPO, env=_env(2),
+                                    stdout=subprocess.DEVNULL, stderr=err))
   try:
-    stderrs = [p.communicate(timeout=400)[1] for p in procs]
+    for p in procs:
+      p.wait(timeout=400)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+  stderrs = [log.read_text() for log in logs]
   assert [p.returncode for p in procs] == [0, 0], "\n".join(
       f"process {i}: {stderr[-3000:]}" for i, stderr in enumerate(stderrs))
 

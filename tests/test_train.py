@@ -16,6 +16,7 @@ import pytest
 
 from experiments.configs import default
 from experiments.runner import checkpoints
+from experiments.runner import config as config_lib
 from experiments.runner import data as data_io
 from experiments.runner import errors
 from experiments.runner import factories
@@ -196,6 +197,7 @@ def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
     ("num_iterations", 0, r"config.num_iterations = 0"),
     ("patch_size", 5, r"config.patch_size = 5: capsule patches must tile"),
     ("binarize", "otsu", r"config.binarize = 'otsu'"),
+    ("routing_rule", "em", r"config.routing_rule = 'em': must be one of"),
 ])
 def test_bad_config_values_are_rejected_before_training(
     data_dir, tmp_path, field, value, message):
@@ -231,6 +233,20 @@ def test_incompatible_workdir_is_a_clear_error(data_dir, tmp_path):
                      match=r"incompatible config \(hidden_dim: 4 in the "
                      r"workdir, 8 now\)"):
     loop.train_and_evaluate(tiny_config(data_dir, hidden_dim=8), workdir)
+
+
+def test_old_workdir_config_reads_with_the_values_it_trained_with(tmp_path):
+  """A config.json written before lr_schedule existed trained at a constant
+  rate: it must not read as today's default (linear decay)."""
+  saved = {k: v for k, v in default.get_config().to_dict().items()
+           if k not in ("lr_schedule", "final_learning_rate", "routing_rule")}
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  config = config_lib.load_config(str(tmp_path))
+  assert config.lr_schedule == "constant"
+  assert config.final_learning_rate == 0.0
+  assert config.routing_rule == "sabour"
+  assert config.k == saved["k"]
 
 
 def test_data_order_is_a_permutation_per_epoch():
@@ -296,17 +312,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
                        log_every_steps=100, eval_every_steps=5000,
                        sample_every_steps=5000)
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "experiments.train",
-       "--config=experiments/configs/default.py", *_override_flags(config),
-       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
+  log = tmp_path / "train.log"  # a file: an unread pipe could fill and block
+  with open(log, "w") as err:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train",
+         "--config=experiments/configs/default.py", *_override_flags(config),
+         f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=err)
   deadline = time.monotonic() + 240
   while not (workdir / "checkpoints" / "100").exists():
     assert proc.poll() is None and time.monotonic() < deadline
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=120)
+  proc.wait(timeout=120)
+  stderr = log.read_text()
   assert proc.returncode == 0, stderr[-2000:]
   assert "SIGTERM: saved the checkpoint of update" in stderr
   step = int(_restore(str(workdir)).step)

@@ -49,7 +49,8 @@ MH = capsjax.mh(Routing(3))
      r"Routing.temperature must be a Python float > 0; got 0"),
     (lambda p: Routing(temperature=-2.0), r"Routing.temperature must be"),
     (lambda p: Routing(rule="x"),
-     r"Routing.rule must be one of \('sabour',\); got 'x'"),
+     r"Routing.rule must be one of \('sabour', 'cosine', 'normalized'\); "
+     r"got 'x'"),
     (lambda p: capsjax.cd_gradient(jax.random.key(0), p, V, kernel=GIBBS,
                                    k=0),
      r"k must be a Python int >= 1; got 0"),

@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+import capsjax
 from capsjax import data as data_lib
 from experiments.configs import default as default_config
 from experiments.runner.errors import ConfigError
@@ -45,6 +46,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fail("dataset", f"unknown dataset; known: {', '.join(data_lib.DATASETS)}")
   if config.binarize not in data_lib.BINARIZE_MODES:
     fail("binarize", f"must be one of {data_lib.BINARIZE_MODES}")
+  if config.routing_rule not in capsjax.RULES:
+    fail("routing_rule", f"must be one of {capsjax.RULES}")
   if config.optimizer not in ("sgd", "adam"):
     fail("optimizer", "must be 'sgd' or 'adam'")
   for field in ("patch_size", "num_hidden_capsules", "hidden_dim",
@@ -153,11 +156,18 @@ def validate_front_end(config) -> None:
     fail("topdown_iterations", t, "must be an integer >= 0")
 
 
+# Fields whose default changed after they were added: a workdir written
+# before they existed trained with these values, not with today's default.
+LEGACY_VALUES = {"lr_schedule": "constant", "final_learning_rate": 0.0}
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The workdir's config; fields added to capsjax since it was written
-  (e.g. the divergence policy) take their defaults."""
+  (e.g. the divergence policy) take the values it trained with: their
+  defaults, or `LEGACY_VALUES` where the default has changed since."""
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   config = default_config.get_config()
+  config.update(LEGACY_VALUES)
   config.update(saved)
   return config

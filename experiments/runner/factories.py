@@ -19,7 +19,8 @@ def weight_scale(config) -> float:
 def make_routing(config) -> capsjax.Routing:
   """The layer's routing options: part of the model, static under jit."""
   return capsjax.Routing(num_iterations=config.num_iterations,
-                         temperature=config.routing_temperature)
+                         temperature=config.routing_temperature,
+                         rule=config.routing_rule)
 
 
 def make_kernel(config) -> capsjax.Kernel:

@@ -129,7 +129,8 @@ def _train(config, workdir: str, front_end: visible.FrontEnd,
         if is_main and evaluating:
           pll_key = jax.random.fold_in(keys["pll"], done)
           writer.write_scalars(done, evaluate(params, train_eval_v,
-                                              test_eval_v, pll_key))
+                                              test_eval_v, pll_key,
+                                              data.test_labels[:n_eval]))
         if is_main and sampling:
           blocks, _ = monitors.sample_figure(
               config, front_end, sampler, params,

@@ -18,7 +18,9 @@ from experiments.runner import visible
 
 
 def make_evaluate(config):
-  """Cheap monitors on fixed binarized train and test subsets.
+  """Cheap monitors on fixed binarized train and test subsets; for a routed
+  layer also whether routing parses the test digits (the parse fraction,
+  and with `test_labels` the class information; `capsjax.routing_parse`).
 
   With `config.monitor_ais_betas` > 0 also a likelihood proxy: AIS (betas x
   `monitor_ais_runs`, data-marginal base from `train_v`) gives log Z, its
@@ -31,7 +33,7 @@ def make_evaluate(config):
   num_betas, num_runs = config.monitor_ais_betas, config.monitor_ais_runs
 
   @jax.jit
-  def evaluate(params, train_v, test_v, key):
+  def evaluate(params, train_v, test_v, key, test_labels=None):
     def routed_f(v):
       return capsjax.routed_free_energy(params, v, routing)
     routed = capsjax.route(capsjax.predictions(params, test_v), routing)
@@ -47,12 +49,17 @@ def make_evaluate(config):
     # One random neuron per example (capsjax.pseudo_log_likelihood).
     pll = capsjax.pseudo_log_likelihood(key, params, test_v, routing)
     monitors = {}
+    if routing.routed:
+      # Whether routing parses the digits or is a fixed partition.
+      parse = capsjax.routing_parse(c, test_v, test_labels)
+      monitors = {"test_routing_parse_fraction": parse.parse_fraction,
+                  "test_routing_class_information": parse.class_information}
     if num_betas:
       ais = capsjax.ais(jax.random.fold_in(key, 1), params, routing,
                         num_betas=num_betas, num_runs=num_runs,
                         base_bias=capsjax.base_rate_bias(train_v))
       reliable = ais.ess >= capsjax.ess_threshold(num_runs)
-      monitors = {
+      monitors |= {
           "monitor_ais_log_z": ais.log_z,
           "monitor_ais_log_z_std": ais.log_z_std,
           "monitor_ais_ess": ais.ess,
@@ -71,7 +78,8 @@ def make_evaluate(config):
         "test_routing_entropy": jnp.mean(entropy),
         "test_routing_entropy_std": jnp.std(entropy),
         # The spread of the final agreement logits over upper capsules:
-        # routing hardens as it grows (it scales with |W|^2).
+        # routing hardens as it grows (Sabour's rule: with the votes'
+        # norms; the scale-free rules keep each logit within r - 1).
         "test_agreement_logit_std": jnp.mean(jnp.std(routed.logits, axis=-1)),
         "test_effective_weight_norm": effective_norm,
         "test_effective_weight_ratio": effective_norm / jnp.mean(block_norms),

@@ -34,6 +34,34 @@ def _features_batch(params, v, routing):
   return h.reshape(h.shape[0], -1)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _coefficients_batch(params, v, routing):
+  return capsjax.route_visible(params, v, routing)
+
+
+# The parse fraction's sample: the first 1,000 test digits
+# (capsjax.routing_parse; docs/model.md section 2).
+PARSE_EXAMPLES = 1_000
+
+
+def routing_diagnostics(params, v: np.ndarray, labels: np.ndarray,
+                        routing: capsjax.Routing, batch_size: int) -> dict:
+  """Routing entropy and `capsjax.routing_parse` on the first
+  PARSE_EXAMPLES of v (binary capsules) and their labels."""
+  if not routing.routed:
+    return {"computed": False, "note": "unrouted layer: c = 1/Nh"}
+  v, labels = v[:PARSE_EXAMPLES], labels[:PARSE_EXAMPLES]
+  c = data_io.batched(lambda x: _coefficients_batch(params, x, routing), v,
+                      batch_size)
+  parse = capsjax.routing_parse(jnp.asarray(c), jnp.asarray(v),
+                                jnp.asarray(labels))
+  return {"computed": True, "num_examples": len(v),
+          "entropy_nats": float(jnp.mean(capsjax.routing_entropy(c))),
+          "parse_fraction": float(parse.parse_fraction),
+          "num_qualifying": int(parse.num_qualifying),
+          "class_information_nats": float(parse.class_information)}
+
+
 def reconstruction_errors(params, v: np.ndarray, routing: capsjax.Routing,
                           batch_size: int) -> np.ndarray:
   """Per-example mean squared error of one up-down pass with c(v), (N,)."""

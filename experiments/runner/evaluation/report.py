@@ -92,6 +92,16 @@ def _diversity_cell(fd: dict | None) -> str:
           f"{d['class_histogram']}")
 
 
+def _routing_cell(routing: dict | None) -> str:
+  if not routing or not routing.get("computed"):
+    return (routing or {}).get("note", "not computed")
+  return (f"parse fraction {routing['parse_fraction']:.3f} of "
+          f"{routing['num_qualifying']} capsules; class information "
+          f"{routing['class_information_nats']:.3f} nats; entropy "
+          f"{routing['entropy_nats']:.3f} nats ({routing['num_examples']} "
+          "test digits)")
+
+
 def _frechet_notes(fd: dict | None) -> list[str]:
   if not fd or not fd.get("computed"):
     return []
@@ -136,6 +146,8 @@ def to_markdown(results: dict, title: str = "Evaluation") -> str:
        f"({s['probe_train_examples']} train examples)"),
       (f"k-means clustering accuracy ({s['num_clusters']} clusters, Hungarian)",
        f"{results['clustering_accuracy']:.4f}"),
+      ("routing (parses the digits when the parse fraction is high; 0 = "
+       "a fixed partition)", _routing_cell(results.get("routing"))),
       ("Fréchet distance, samples vs test (classifier features)",
        _frechet_cell(results.get("frechet"))),
       ("sample diversity (classifier's classes of the Fréchet samples)",

@@ -142,6 +142,8 @@ def evaluate(config, front_end: visible.FrontEnd, step: int, params,
   recon = timed("reconstruction", probes.reconstruction_errors, params, test_v,
                 r, bs)
 
+  routing_parse = timed("routing", probes.routing_diagnostics, params,
+                        test_v, data.test_labels, r, bs)
   n_probe = settings.probe_train_examples or len(data.train)
   n_probe = min(n_probe, len(data.train))
   probe_v = timed("binarize_probe", capsules.binarize_capsules, front_end,
@@ -171,6 +173,7 @@ def evaluate(config, front_end: visible.FrontEnd, step: int, params,
       "reconstruction_error": float(np.mean(recon)),
       "linear_probe_accuracy": probe,
       "clustering_accuracy": clustering,
+      "routing": routing_parse,
       "frechet": fd,
       "settings": {"ais": settings.ais, "num_betas": num_betas,
                    "num_runs": num_runs, "beta_schedule": "piecewise",
