@@ -51,6 +51,7 @@ def tiny_config(data_dir, **overrides):
   # The mechanics under test, not default.py's recipe (PCD-10, decay).
   config.k = 1
   config.lr_schedule = "constant"
+  config.ema_decay = 0.0
   # The AIS monitor compiles a program of its own: tests/test_monitors.py
   # turns it on where it is under test.
   config.monitor_ais_betas = 0
@@ -239,13 +240,14 @@ def test_old_workdir_config_reads_with_the_values_it_trained_with(tmp_path):
   """A config.json written before lr_schedule existed trained at a constant
   rate: it must not read as today's default (linear decay)."""
   saved = {k: v for k, v in default.get_config().to_dict().items()
-           if k not in ("lr_schedule", "final_learning_rate", "routing_rule")}
+           if k not in ("lr_schedule", "final_learning_rate", "routing_rule",
+                        "ema_decay")}
   with open(tmp_path / "config.json", "w") as f:
     json.dump(saved, f)
   config = config_lib.load_config(str(tmp_path))
   assert config.lr_schedule == "constant"
   assert config.final_learning_rate == 0.0
-  assert config.routing_rule == "sabour"
+  assert config.routing_rule == "sabour" and config.ema_decay == 0.0
   assert config.k == saved["k"]
 
 

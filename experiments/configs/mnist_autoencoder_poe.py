@@ -35,10 +35,11 @@ from experiments.configs import default
 def get_config():
   config = default.get_config()
   # The recipe of this config's measured rows (CD-1 at a constant rate),
-  # not default.py's PCD-10 with a decaying rate.
+  # not default.py's PCD-10 with a decaying rate and a parameter average.
   config.k = 1
   config.lr_schedule = "constant"
   config.final_learning_rate = 0.0
+  config.ema_decay = 0.0
   config.dataset = "mnist"
   config.front_end = "autoencoder"
   config.autoencoder_workdir = "runs/autoencoder_mnist"

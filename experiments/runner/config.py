@@ -158,7 +158,8 @@ def validate_front_end(config) -> None:
 
 # Fields whose default changed after they were added: a workdir written
 # before they existed trained with these values, not with today's default.
-LEGACY_VALUES = {"lr_schedule": "constant", "final_learning_rate": 0.0}
+LEGACY_VALUES = {"lr_schedule": "constant", "final_learning_rate": 0.0,
+                 "ema_decay": 0.0}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
