@@ -75,8 +75,8 @@ class Routing:
       Sabour et al.'s routing; T -> infinity tends to uniform routing. Not
       in the paper: a variant for the routed-training study.
     rule: the agreement added to the logits each iteration.
-      "sabour": `u_hat_ij . o_j` (Procedure 1). It grows with the square of
-        the weights, so routing hardens as a product of experts learns.
+      "sabour": `u_hat_ij . o_j` (Procedure 1). It grows with the vote
+        norms, so routing hardens as a product of experts learns.
       "cosine": `cos(u_hat_ij, o_j)`, in [-1, 1] whatever the weights; the
         temperature sets its sharpness (T = 0.2 is `5 cos`).
       "normalized": Procedure 1 on the unit votes `u_hat_ij / |u_hat_ij|`
