@@ -61,6 +61,7 @@ def restore_latest(config, front_end: visible.FrontEnd, workdir: str,
     one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: one, abstract)
   unreadable = []
+  _ignore_late_reads()
   for step in steps:
     logging.info("Restoring checkpoint of step %d from %s", step, workdir)
     try:
@@ -69,7 +70,6 @@ def restore_latest(config, front_end: visible.FrontEnd, workdir: str,
       raise
     except Exception as e:  # pylint: disable=broad-except
       cause = _one_line(e)
-      _ignore_late_reads()
       logging.warning("Checkpoint %d in %s cannot be read (%s); trying the "
                       "previous one", step, workdir, cause)
       unreadable.append((step, cause))
@@ -101,20 +101,39 @@ def _restore_step(config, workdir, mngr, step, abstract, shardings):
 
 def _ignore_late_reads() -> None:
   """After a failed restore, Orbax's remaining asynchronous reads finish on
-  its closed event loop, which Python would print at exit as an ignored
-  RuntimeError with a traceback after the failure was already reported:
-  drop exactly those."""
-  previous = sys.unraisablehook
-  if getattr(previous, "capsjax_late_reads", False):
+  its closed event loop. Python prints that RuntimeError with a traceback,
+  after the failure was already reported in one line: as an ignored
+  exception at exit (sys.unraisablehook), or, when a read's callback runs
+  while the restore is failing, through sys.excepthook. Drop exactly those:
+  a RuntimeError "Event loop is closed" raised inside asyncio's
+  call_soon_threadsafe. Installed before the first restore, since the late
+  reads can race the failure."""
+  if getattr(sys.excepthook, "capsjax_late_reads", False):
     return
 
-  def hook(unraisable):
+  def late_read(exc_type, exc_value, tb) -> bool:
+    if not (exc_type is RuntimeError
+            and str(exc_value) == "Event loop is closed"):
+      return False
+    while tb is not None:
+      if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+        return True
+      tb = tb.tb_next
+    return False
+
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
     e = unraisable.exc_value
     if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-      previous(unraisable)
+      previous_unraisable(unraisable)
 
-  hook.capsjax_late_reads = True
-  sys.unraisablehook = hook
+  def except_hook(exc_type, exc_value, tb):
+    if not late_read(exc_type, exc_value, tb):
+      previous_except(exc_type, exc_value, tb)
+
+  except_hook.capsjax_late_reads = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def _one_line(error: Exception, limit: int = 200) -> str:
