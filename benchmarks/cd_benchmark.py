@@ -1,9 +1,11 @@
 r"""CD training throughput beside sklearn's BernoulliRBM and the roofline.
 
-    # full, ~10 min on 2 cores:
+    # full, ~3 min on an idle 2-core machine:
     python -m benchmarks.cd_benchmark --out=bench.json
     # smoke, ~1 min:
     python -m benchmarks.cd_benchmark --quick --out=/tmp/b.json
+    # on a GPU host (scikit-learn still runs on its CPU):
+    python -m benchmarks.cd_benchmark --platform=gpu --out=bench_gpu.json
 
 Everything runs in one process, float32, on random binary data (throughput
 does not depend on the values). Measured in the same run:
@@ -13,26 +15,32 @@ does not depend on the values). Measured in the same run:
   unless a case is "lean") throughput, examples/s,
   for (a) the plain-RBM-equivalent layer 49x16 -> 32x16 with one routing
   iteration (784 -> 512 neurons) and (b) routed layers 49x16 -> 32x16 and
-  144x8 -> 10x16 with 1, 3 and 5 iterations; beside scikit-learn's
+  144x8 -> 10x16 with 1, 3 and 5 iterations (and the routed lean case
+  with routing chunked into 2 MB of votes, the memory-bounded setting);
+  beside scikit-learn's
   `BernoulliRBM(n_components=512, batch_size=100)` fitted on the same data
   (float32), measured round-robin with them so that load from other
   processes hits all alike (ratios are the robust figures on a shared
   machine);
 * (c) routing alone (predictions + 3 iterations) at Sabour et al.'s digit
   capsules, 1152x8 -> 10x16, batch 128, forward and with gradient;
-* (d) AIS throughput, betas x runs per second;
+* (d) AIS throughput, betas x runs per second, and for r = 3 its floors
+  per beta (routing the runs' proposals; that plus the two c-scaled visible
+  inputs an MH transition needs), timed in the same rounds;
 * (e) the parts of the routed CD-1 step at 49x16 -> 32x16, r = 3 (routing,
   each conditional and the weight statistics with per-example
   coefficients), timed in the same rounds: what bounds case (b);
 * per case: FLOPs per step counted analytically and by XLA's cost analysis,
   % of the measured ceiling, XLA's buffer sizes (arguments + outputs +
-  temporaries) as the peak memory, and whether any call recompiled.
+  temporaries) as the peak memory (and the routed lean steps' against the
+  unrouted one's), and whether any call recompiled.
 
 Times are medians over repeats after a warm-up call (which compiles).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -49,6 +57,7 @@ import numpy as np
 import optax
 
 import capsjax
+from capsjax import routing as routing_lib
 
 
 class Layer(NamedTuple):
@@ -66,6 +75,7 @@ PAPER = Layer(144, 8, 10, 16)     # the paper's 144 capsules -> 10
 SABOUR = Layer(1152, 8, 10, 16)   # Sabour et al.'s primary -> digit capsules
 
 BATCH = 100
+PAUSE_S = 0.2  # between timed calls (see `_round_robin`)
 
 
 # --------------------------------------------------------------------------
@@ -83,13 +93,16 @@ def _round_robin(fns: dict[str, Callable[[], object]], repeats: int
   """Seconds per call of each fn, one call of each per round after a warm-up.
 
   Round-robin, so that a burst of load from other processes slows every
-  case of a round alike rather than one case's repeats.
+  case of a round alike rather than one case's repeats. A pause after each
+  call lets the previous case's threads go idle (OpenBLAS's spin-wait after
+  scikit-learn's fit slowed the next case by half).
   """
   for fn in fns.values():
     _time_once(fn)
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      time.sleep(PAUSE_S)
       times[name].append(_time_once(fn))
   return times
 
@@ -199,6 +212,9 @@ class TrainCase(NamedTuple):
   r: int
   monitors: bool = True       # cd_monitors' reconstruction / F-gap monitors
   prng: str = "threefry2x32"  # jax.random key implementation
+  # Route every batch in chunks of this many bytes of votes (the CPU's
+  # memory-bounded setting; None: the library's default for the backend).
+  chunk_bytes: int | None = None
 
 
 def train_cases(quick: bool) -> list[TrainCase]:
@@ -214,17 +230,70 @@ def train_cases(quick: bool) -> list[TrainCase]:
     for r in ((1,) if layer == PAPER else ()) + iterations:
       for k in ((1,) if quick else (1, 5)):
         cases.append(TrainCase(f"b_{layer}_r{r}_cd{k}", "b", layer, k, r))
-  # The routed target's case without the monitors, like sklearn's step.
+  # The routed target's case without the monitors, like sklearn's step,
+  # and the same with routing chunked to bound its memory.
   cases.append(TrainCase(f"b_{PATCHES}_r3_cd1_lean", "b", PATCHES, 1, 3,
                          monitors=False))
+  cases.append(TrainCase(f"b_{PATCHES}_r3_cd1_lean_chunked", "b", PATCHES, 1,
+                         3, monitors=False, chunk_bytes=2 ** 21))
   return cases
 
 
-# (e)'s floors: a routed CD-1 step routes twice and, besides, does the
-# unrouted step's matrix products (with per-example c they cost at least as
-# much): its floor with this routing, and with routing reduced to computing
-# the votes (every iteration free).
-FLOORS = (("floor", "route_visible"), ("votes_floor", "votes"))
+@contextlib.contextmanager
+def routing_chunks(chunk_bytes):
+  """Routes every batch in chunks of `chunk_bytes` of votes while tracing
+  (the library reads its chunk sizes at trace time); None: unchanged."""
+  if chunk_bytes is None:
+    yield
+    return
+  saved = routing_lib.CHUNK_ABOVE_BYTES, routing_lib.CHUNK_BYTES
+  routing_lib.CHUNK_ABOVE_BYTES, routing_lib.CHUNK_BYTES = 0, chunk_bytes
+  try:
+    yield
+  finally:
+    routing_lib.CHUNK_ABOVE_BYTES, routing_lib.CHUNK_BYTES = saved
+
+
+# (e)'s floors of a CD-1 step (ms from the parts `comp` and the measured
+# unrouted lean step `lean`): name, formula, value.
+FLOORS = (
+    # the unrouted step: its five matrix products and its two Bernoulli
+    # draws, with nothing else (no optimizer, no layout changes);
+    ("unrouted_floor", "rbm_products + bernoulli",
+     lambda comp, lean: comp["rbm_products"] + comp["bernoulli"]),
+    # the routed step (rerouted negatives): two routings, the visible
+    # conditional and two weight statistics with per-example c (the
+    # hidden inputs come from routing), and the draws;
+    ("routed_floor", "2 x route_visible + visible_probs + "
+     "2 x interaction_statistics + bernoulli",
+     lambda comp, lean: (2 * comp["route_visible"] + comp["visible_probs"]
+                         + 2 * comp["interaction_statistics"]
+                         + comp["bernoulli"])),
+    # the same if the per-example-c products ran at the unrouted step's
+    # speed, and if besides every routing iteration were free.
+    ("routed_floor_rbm_speed", "2 x route_visible + a_plain_cd1_lean step",
+     lambda comp, lean: 2 * comp["route_visible"] + lean),
+    ("votes_floor", "2 x votes + a_plain_cd1_lean step",
+     lambda comp, lean: 2 * comp["votes"] + lean),
+)
+
+
+def _rbm_products(W, v):
+  """The unrouted CD-1 step's five matrix products (shared c = 1/Nh), with
+  their sigmoids and no sampling: its arithmetic floor."""
+  m = capsjax.energies._shared_matrix(  # pylint: disable=protected-access
+      {"W": W}, jnp.full(W.shape[:2], 1.0 / W.shape[1], W.dtype))
+  x = v.reshape(v.shape[0], -1)
+  h = jax.nn.sigmoid(x @ m)
+  x_neg = jax.nn.sigmoid(h @ m.T)
+  h_neg = jax.nn.sigmoid(x_neg @ m)
+  return jnp.concatenate([x, x_neg]).T @ jnp.concatenate([h, -h_neg])
+
+
+def _bernoulli(key, p_h, p_v):
+  """The step's two draws (hidden and visible), with `key`'s generator."""
+  key_h, key_v = jax.random.split(key)
+  return (jax.random.bernoulli(key_h, p_h), jax.random.bernoulli(key_v, p_v))
 
 
 def _votes(W, v):
@@ -238,7 +307,10 @@ def _votes(W, v):
 
 def component_fns(layer: Layer = PATCHES, r: int = 3
                   ) -> dict[str, Callable[[], object]]:
-  """(e): the parts of a routed CD-1 step, each jitted alone, batch 100.
+  """(e): the parts of the CD-1 steps, each jitted alone, batch 100.
+
+  The unrouted step's five matrix products (`rbm_products`) and its two
+  Bernoulli draws (`bernoulli`, threefry) bound case (a).
 
   A CD-1 step with rerouted negatives routes twice (the data and the
   negative sample) and, besides, does the RBM step's five contractions
@@ -255,6 +327,9 @@ def component_fns(layer: Layer = PATCHES, r: int = 3
   h = jnp.asarray(_binary_data(BATCH, layer.nh * layer.dh, 5).reshape(
       BATCH, layer.nh, layer.dh))
   parts = {
+      "rbm_products": (_rbm_products, (params["W"], v)),
+      "bernoulli": (_bernoulli, (jax.random.key(2), jnp.full(h.shape, 0.3),
+                                 jnp.full(v.shape, 0.3))),
       "votes": (_votes, (params["W"], v)),
       "route_visible": (functools.partial(capsjax.route_visible,
                                           routing=routing), (params, v)),
@@ -281,7 +356,8 @@ def _train_epoch_fn(case: TrainCase, data: np.ndarray, steps: int):
 
   def counted_step(*args):
     traces[0] += 1  # a Python side effect: runs once per trace, not per call
-    return step_fn(*args)
+    with routing_chunks(case.chunk_bytes):
+      return step_fn(*args)
 
   step = jax.jit(counted_step)
   batches = [jnp.asarray(data[i * BATCH:(i + 1) * BATCH].reshape(
@@ -368,9 +444,10 @@ def training_benchmark(quick: bool, repeats: int, steps: int,
   lean = {t["case"]: t["step_ms"] for t in results}["a_plain_cd1_lean"]
   sklearn_step_ms = 1e3 * sklearn["seconds"] / sklearn_examples * BATCH
   floors = {}
-  for name, part in FLOORS:
-    ms = 2 * components[part] + lean
-    floors[name] = {"ms": ms, "ratio_vs_sklearn": sklearn_step_ms / ms}
+  for name, formula, floor in FLOORS:
+    ms = floor(components, lean)
+    floors[name] = {"formula": formula, "ms": ms,
+                    "ratio_vs_sklearn": sklearn_step_ms / ms}
   return sklearn, results, {"ms": components, "floors": floors}
 
 
@@ -415,26 +492,54 @@ def routing_benchmark(quick: bool, repeats: int) -> list[dict]:
 
 
 def ais_benchmark(quick: bool, repeats: int) -> list[dict]:
-  """(d): AIS transitions (betas x runs) per second on the 784 -> 512 layer."""
+  """(d): AIS transitions (betas x runs) per second on the 784 -> 512 layer,
+  and for r = 3 the floors of one transition, timed in the same rounds on
+  `num_runs` states: routing the proposals alone (`route_visible`), and an
+  MH transition's irreducible work (that routing and the two c-scaled
+  visible inputs x(h; c), x(h; c') its proposal and acceptance need)."""
   num_betas, num_runs = (20, 10) if quick else (200, 100)
   params = _params(PATCHES)
-  results = []
   fns, jitted = {}, {}
   for r in (1, 3):
     jitted[r] = jax.jit(functools.partial(
         capsjax.ais, routing=capsjax.Routing(r), num_betas=num_betas,
         num_runs=num_runs))
     fns[r] = functools.partial(jitted[r], jax.random.key(3), params)
+  v = jnp.asarray(_binary_data(num_runs, 784, 6).reshape(
+      num_runs, PATCHES.nv, PATCHES.dv))
+  h = jnp.asarray(_binary_data(num_runs, PATCHES.nh * PATCHES.dh, 7).reshape(
+      num_runs, PATCHES.nh, PATCHES.dh))
+  routing = capsjax.Routing(3)
+  c = jax.jit(capsjax.route_visible, static_argnums=2)(params, v, routing)
+  route = jax.jit(functools.partial(capsjax.route_visible, routing=routing))
+  visible_input = jax.jit(capsjax.visible_input)
+  # A part is one call; repeat it num_betas times per round like AIS.
+  fns["route"] = lambda: [route(params, v) for _ in range(num_betas)][-1]
+  fns["visible_input"] = lambda: [visible_input(params, h, c)
+                                  for _ in range(num_betas)][-1]
   times = _round_robin(fns, max(2, repeats // 2))
+  ms = {name: 1e3 * float(np.median(times[name])) / num_betas
+        for name in ("route", "visible_input")}
+  floors = {"routing": ms["route"],
+            "mh": ms["route"] + 2 * ms["visible_input"]}
+  results = []
   for r in (1, 3):
     seconds = float(np.median(times[r]))
     stats = _compiled_stats(jitted[r], jax.random.key(3), params)
-    results.append({
+    per_beta = 1e3 * seconds / num_betas
+    row = {
         "case": f"d_ais_r{r}", "layer": str(PATCHES), "num_iterations": r,
         "num_betas": num_betas, "num_runs": num_runs, "seconds": seconds,
         "transitions_per_s": num_betas * num_runs / seconds,
+        "ms_per_beta": per_beta,
+        # The literature's 14,500 betas at this many runs.
+        "seconds_at_14500_betas": 14500 * per_beta / 1e3,
         "peak_mb": (stats["peak_bytes"] or 0) / 2 ** 20,
-    })
+    }
+    if r == 3:
+      row["floor_ms_per_beta"] = floors
+      row["x_floor"] = {name: per_beta / f for name, f in floors.items()}
+    results.append(row)
   return results
 
 
@@ -464,13 +569,11 @@ def _table(ceiling, sklearn, train, components, routing, ais) -> str:
         f"{t['peak_mb']:>9.1f}{t['compilations']:>9d}")
   lines.append("")
   lines.append(
-      "e: parts of the routed CD-1 step (49x16->32x16, r 3, batch 100), ms: "
+      "e: parts of the CD-1 steps (49x16->32x16, r 3, batch 100), ms: "
       + ", ".join(f"{k} {v:.2f}" for k, v in components["ms"].items()))
-  for name, part in FLOORS:
-    floor = components["floors"][name]
+  for name, floor in components["floors"].items():
     lines.append(
-        f"   {name} = 2 x {part} + a_plain_cd1_lean step = "
-        f"{floor['ms']:.2f} ms: at best "
+        f"   {name} = {floor['formula']} = {floor['ms']:.2f} ms: at best "
         f"{floor['ratio_vs_sklearn']:.2f}x sklearn's throughput")
   lines.append("")
   for c in routing:
@@ -482,7 +585,23 @@ def _table(ceiling, sklearn, train, components, routing, ais) -> str:
     lines.append(
         f"{d['case']:<28}{d['transitions_per_s']:>9.0f} betas x runs / s"
         f"  ({d['num_betas']} betas x {d['num_runs']} runs in "
-        f"{d['seconds']:.2f} s, peak {d['peak_mb']:.0f} MB)")
+        f"{d['seconds']:.2f} s, {d['ms_per_beta']:.2f} ms a beta, "
+        f"{d['seconds_at_14500_betas']:.0f} s at 14,500 betas; peak "
+        f"{d['peak_mb']:.0f} MB)")
+    if "floor_ms_per_beta" in d:
+      f, x = d["floor_ms_per_beta"], d["x_floor"]
+      lines.append(
+          f"   floors a beta: routing the proposals {f['routing']:.2f} ms "
+          f"({x['routing']:.2f}x), routing + 2 c-scaled visible inputs "
+          f"{f['mh']:.2f} ms ({x['mh']:.2f}x)")
+  peak = {t["case"]: t["peak_mb"] for t in train}
+  routed = [name for name in peak
+            if name.startswith(f"b_{PATCHES}_r3_cd1_lean")]
+  lines.append("")
+  lines.append("peak memory against the unrouted lean step "
+               f"({peak['a_plain_cd1_lean']:.1f} MB): " + ", ".join(
+                   f"{name} {peak[name] / peak['a_plain_cd1_lean']:.2f}x"
+                   for name in routed))
   return "\n".join(lines)
 
 
@@ -521,6 +640,8 @@ def run(quick: bool, repeats: int, steps: int, sklearn_examples: int) -> dict:
 def main(argv):
   del argv
   f = flags.FLAGS
+  if f.platform:
+    jax.config.update("jax_platforms", f.platform)
   result = run(f.quick, f.repeats, f.steps, f.sklearn_examples)
   print(result["table"])
   with open(f.out, "w") as out:
@@ -532,6 +653,9 @@ def _define_flags():
   # Defined only when run as a program: tests import this module beside
   # mains that define flags of the same names (bars_and_stripes: --steps).
   flags.DEFINE_string("out", "bench.json", "Where to write the JSON.")
+  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
+                    "JAX platform to run on (default: JAX's choice). "
+                    "scikit-learn always runs on the CPU.")
   flags.DEFINE_bool(
       "quick", False,
       "Smoke run: tiny sizes, few repeats (numbers meaningless).")

@@ -39,18 +39,48 @@ class CDMonitors(NamedTuple):
   routing_entropy: jax.Array
 
 
-def _free_energy_grads(params, v, c, visible):
-  """Hand-written `dF/dtheta` averaged over the batch (docs/model.md
-  section 5)."""
-  p = energies.hidden_probs(params, v, c)
-  n = v.size // (v.shape[-1] * v.shape[-2])
-  batch_axes = tuple(range(v.ndim - 2))
-  return {
-      "W": -energies.interaction_statistics(v, p, c) / n,
-      "a": -jnp.mean((v - params["a"]) if visible == "gaussian" else v,
-                     axis=batch_axes),
-      "b": -jnp.mean(p, axis=tuple(range(p.ndim - 2))),
-  }
+def _flat(x, trailing):
+  return x.reshape((-1,) + x.shape[-trailing:])
+
+
+def _cd_grads(params, positive, negative):
+  """Hand-written `d(mean F(v+) - mean F(v-))/dtheta` (docs/model.md
+  section 5) of two `ChainState`s (v, c and, when known, s = s(v; c); c
+  may be one shared (Nv, Nh) matrix).
+
+  With shared c the two weight statistics are one product over both
+  batches (the negative's probabilities negated, each side scaled by its
+  own batch size, since PCD may run more chains than the batch has
+  examples): one matrix product and one transposition into W's layout
+  instead of two.
+  """
+  def probs(state):
+    s = state.inputs
+    if s is None:
+      s = energies.hidden_input(params, state.v, state.coefficients)
+    return jax.nn.sigmoid(params["b"] + s)
+
+  def mean(x):
+    return jnp.mean(_flat(x, 2), axis=0)
+
+  p_pos, p_neg = probs(positive), probs(negative)
+  v_pos, v_neg = _flat(positive.v, 2), _flat(negative.v, 2)
+  p_pos_n = _flat(p_pos, 2) / v_pos.shape[0]
+  p_neg_n = _flat(p_neg, 2) / v_neg.shape[0]
+  c = positive.coefficients
+  if c.ndim == 2:  # shared: one product over both batches
+    stats = energies.interaction_statistics(
+        jnp.concatenate([v_pos, v_neg]), jnp.concatenate([p_pos_n, -p_neg_n]),
+        c)
+  else:  # per example: two, so that one c-scaled operand (the size of
+    # the votes) exists at a time
+    stats = (energies.interaction_statistics(v_pos, p_pos_n,
+                                             _flat(c, 2))
+             - energies.interaction_statistics(
+                 v_neg, p_neg_n, _flat(negative.coefficients, 2)))
+  # dF/da is -v (Bernoulli) or -(v - a) (Gaussian): a cancels either way.
+  return {"W": -stats, "a": -(mean(positive.v) - mean(negative.v)),
+          "b": -(mean(p_pos) - mean(p_neg))}
 
 
 def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
@@ -101,7 +131,9 @@ def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
   if chain is not None:
     validation.visible(params, chain.v, "chain.v")
 
-  c_data = jax.lax.stop_gradient(routing_lib.route_visible(params, v, routing))
+  # The data's c(v) and, routed, s(v; c(v)) (the hidden input, reused).
+  data = jax.lax.stop_gradient(sampling.chain_at(params, v, routing))
+  c_data = data.coefficients
   # A persistent chain's c was routed under the previous parameters: route
   # it anew (MH needs c = c(v); without `reroute`, c is then fixed for the
   # k steps of this update, as it is for chains started at the data).
@@ -110,14 +142,17 @@ def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
   elif kernel.name == "tempering":  # a ladder, every rung at the data
     start = jax.lax.stop_gradient(kernel.init(params, v))
   else:
-    start = sampling.ChainState(v, c_data)
+    start = data
   end, infos = sampling.run_chain(key, kernel, start, params, k)
   v_neg, c_neg = end.v, end.coefficients
+  s_neg = getattr(end, "inputs", None)  # a tempering ladder carries none
   if mean_field_negative:
     v_neg = infos.last.visible_mean
     if routing.routed and kernel.step.reroute:  # a Gibbs kernel's option
-      c_neg = routing_lib.route_visible(params, v_neg, routing)
-  v_neg, c_neg = jax.lax.stop_gradient((v_neg, c_neg))
+      _, c_neg, s_neg = sampling.chain_at(params, v_neg, routing)
+    else:
+      s_neg = None
+  v_neg, c_neg, s_neg = jax.lax.stop_gradient((v_neg, c_neg, s_neg))
 
   # Without routing nothing depends on c: the hand-written statistics are
   # the gradient through it too. Uniform routing uses one shared (Nv, Nh)
@@ -130,13 +165,13 @@ def cd_gradient(key, params, v, *, kernel: sampling.Kernel, k: int = 1,
       return mean_f(v) - mean_f(v_neg)
     grads = jax.grad(objective)(params)
   else:
-    shared = (None if routing.routed else
-              sampling.shared_uniform(params, c_data.dtype))
-    pos = _free_energy_grads(params, v, c_data if shared is None else shared,
-                             visible)
-    neg = _free_energy_grads(params, v_neg, c_neg if shared is None else shared,
-                             visible)
-    grads = jax.tree.map(jnp.subtract, pos, neg)
+    positive = data
+    negative = sampling.ChainState(v_neg, c_neg, s_neg)
+    if not routing.routed:
+      shared = sampling.shared_uniform(params, c_data.dtype)
+      positive = positive._replace(coefficients=shared)
+      negative = negative._replace(coefficients=shared)
+    grads = _cd_grads(params, positive, negative)
   info = CDInfo(chain=end, data_coefficients=c_data, negative=v_neg,
                 negative_coefficients=c_neg,
                 acceptance_rate=jnp.mean(infos.acceptance_rate))
@@ -229,6 +264,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation, *,
   validation.param_shapes(params)
   if chain is not None:
     validation.visible(params, chain.v, "chain.v")
+    chain = sampling.without_inputs(chain)
   return TrainState(params, optimizer.init(params), chain,
                     jnp.zeros((), jnp.int32), offsets)
 
@@ -269,7 +305,7 @@ def train_step(key, state: TrainState, batch, *,
                                            centering.rate)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  chain = None if state.chain is None else info.chain
+  chain = None if state.chain is None else sampling.without_inputs(info.chain)
   return TrainState(params, opt_state, chain, state.step + 1, offsets), info
 
 

@@ -52,12 +52,27 @@ def coefficient_weighted_visible(v, c):
   return x.reshape(x.shape[:2] + (-1,))
 
 
+def _shared_matrix(params, c):
+  """The RBM weight matrix (Nv Dv, Nh Dh) of shared coefficients c (Nv, Nh).
+
+  `hidden_input` multiplies by it and `visible_input` by its transpose
+  (which XLA folds into the product), so a step that needs both builds
+  it once (CSE).
+  """
+  W = params["W"]
+  nv, nh, dh, dv = W.shape
+  return jnp.transpose(c[:, :, None, None] * W, (0, 3, 1, 2)).reshape(
+      nv * dv, nh * dh)
+
+
 def hidden_input(params, v: jax.Array, c: jax.Array) -> jax.Array:
   """`s_j = sum_i c_ij W_ij v_i`, shape (..., Nh, Dh): the capsule input."""
   batch_shape = validation.check_batch(v=validation.visible(params, v),
                                        c=validation.coefficients(params, c))
   if jnp.ndim(c) == 2:
-    return jnp.einsum("...il,ijkl->...jk", v, c[:, :, None, None] * params["W"])
+    nh, dh = params["W"].shape[1:3]
+    s = jnp.matmul(v.reshape(v.shape[:-2] + (-1,)), _shared_matrix(params, c))
+    return s.reshape(s.shape[:-1] + (nh, dh))
   W, v, c = _operands(params, v, c, batch_shape)
   nv, nh, dh, dv = W.shape
   w_by_upper = jnp.transpose(W, (1, 0, 3, 2)).reshape(nh, nv * dv, dh)
@@ -71,7 +86,10 @@ def visible_input(params, h: jax.Array, c: jax.Array) -> jax.Array:
   batch_shape = validation.check_batch(h=validation.hidden(params, h),
                                        c=validation.coefficients(params, c))
   if jnp.ndim(c) == 2:
-    return jnp.einsum("...jk,ijkl->...il", h, c[:, :, None, None] * params["W"])
+    nv, dv = params["W"].shape[0], params["W"].shape[3]
+    x = jnp.matmul(h.reshape(h.shape[:-2] + (-1,)),
+                   _shared_matrix(params, c).T)
+    return x.reshape(x.shape[:-1] + (nv, dv))
   W, h, c = _operands(params, h, c, batch_shape)
   nv, nh, dh, dv = W.shape
   # Y[i, b, (j, k)] = c[b, i, j] h[b, j, k]; W is already (Nv, Nh Dh, Dv).
@@ -154,7 +172,14 @@ def hidden_probs(params, v: jax.Array, c: jax.Array) -> jax.Array:
 def visible_probs(params, h: jax.Array, c: jax.Array, *,
                   visible: str = "bernoulli") -> jax.Array:
   """`p(v = 1 | h; c)` (Bernoulli) or the mean of `v | h; c` (Gaussian)."""
-  pre = params["a"] + visible_input(params, h, c)
+  return visible_mean_from_input(params, visible_input(params, h, c),
+                                 visible=visible)
+
+
+def visible_mean_from_input(params, x: jax.Array, *,
+                            visible: str = "bernoulli") -> jax.Array:
+  """`visible_probs` given `x = visible_input(params, h, c)`."""
+  pre = params["a"] + x
   if validation.visible_type(visible) == "bernoulli":
     return jax.nn.sigmoid(pre)
   return pre
@@ -197,7 +222,13 @@ def log_partition_given_hidden(params, h: jax.Array, c: jax.Array, *,
   Gaussian units the integral's constant `Nv Dv log(2 pi) / 2` is dropped:
   it cancels in every ratio this is used for.
   """
-  x = visible_input(params, h, c)
+  return log_partition_from_input(params, h, visible_input(params, h, c),
+                                  visible=visible)
+
+
+def log_partition_from_input(params, h: jax.Array, x: jax.Array, *,
+                             visible: str = "bernoulli") -> jax.Array:
+  """`log_partition_given_hidden` given `x = visible_input(params, h, c)`."""
   hidden_bias = jnp.sum(params["b"] * h, axis=(-2, -1))
   a = params["a"]
   if validation.visible_type(visible) == "bernoulli":
@@ -207,13 +238,24 @@ def log_partition_given_hidden(params, h: jax.Array, c: jax.Array, *,
 
 def sample_hidden(key, params, v, c):
   """Draws `h ~ p(h | v; c)`; returns (sample, probabilities)."""
-  p = hidden_probs(params, v, c)
+  return sample_hidden_from_input(key, params, hidden_input(params, v, c))
+
+
+def sample_hidden_from_input(key, params, s):
+  """`sample_hidden` given `s = hidden_input(params, v, c)`."""
+  p = jax.nn.sigmoid(params["b"] + s)
   return jax.random.bernoulli(key, p).astype(p.dtype), p
 
 
 def sample_visible(key, params, h, c, *, visible: str = "bernoulli"):
   """Draws `v ~ p(v | h; c)`; returns (sample, mean)."""
-  mean = visible_probs(params, h, c, visible=visible)
+  return sample_visible_from_input(key, params, visible_input(params, h, c),
+                                   visible=visible)
+
+
+def sample_visible_from_input(key, params, x, *, visible: str = "bernoulli"):
+  """`sample_visible` given `x = visible_input(params, h, c)`."""
+  mean = visible_mean_from_input(params, x, visible=visible)
   if validation.visible_type(visible) == "bernoulli":
     return jax.random.bernoulli(key, mean).astype(mean.dtype), mean
   return mean + jax.random.normal(key, mean.shape, mean.dtype), mean

@@ -209,18 +209,21 @@ def tempered_log_density(params, v: jax.Array, routing: routing_lib.Routing,
   return -energies.free_energy(_tempered_params(params, beta, base_bias), v, c)
 
 
-def _log_weight_increment(params, v, c, beta_prev, beta, base_bias):
-  """`f_beta(v) - f_beta_prev(v)`, with s(v; c) computed once."""
-  s = params["b"] + energies.hidden_input(params, v, c)
+def _log_weight_increment(params, state, routing, beta_prev, beta,
+                          base_bias):
+  """`f_beta(v) - f_beta_prev(v)` at the chain state, with s(v; c) once (the
+  state's, when it carries it)."""
+  c = sampling.conditional_coefficients(params, state, routing)
+  s = params["b"] + sampling.state_input(params, state, c)
   a_diff = (beta - beta_prev) * (params["a"] - base_bias)
   experts = jax.nn.softplus(beta * s) - jax.nn.softplus(beta_prev * s)
-  return (jnp.sum(a_diff * v, axis=(-2, -1))
+  return (jnp.sum(a_diff * state.v, axis=(-2, -1))
           + jnp.sum(experts, axis=(-2, -1)))
 
 
 def tempered_mh_step(key, state: sampling.ChainState, params, beta,
                      base_bias: jax.Array, *, routing: routing_lib.Routing,
-                     visible: str = "bernoulli"
+                     visible: str = "bernoulli", block_fraction: float = 1.0
                      ) -> tuple[sampling.ChainState, sampling.ChainInfo]:
   """One transition that leaves `p_beta(v, h)` (hence `p_beta(v)`) invariant.
 
@@ -236,24 +239,26 @@ def tempered_mh_step(key, state: sampling.ChainState, params, beta,
   That is `sampling.mh_log_ratio` of the tempered parameters, and at
   beta = 1 it is `mh_log_ratio(params, ...)` itself. With one routing
   iteration c' = c and every proposal is accepted (an exact Gibbs step).
-  `state.coefficients` must be c(state.v).
+  `state.coefficients` must be c(state.v). `block_fraction` < 1 proposes a
+  random subset of the lower capsules, as `capsjax.mh`'s does.
   """
   routing_lib.check_routing(routing)
   _bernoulli_only("tempered_mh_step", visible)
-  key_h, key_v, key_u = jax.random.split(key, 3)
-  v, c = state
+  block_fraction = sampling.check_block_fraction(block_fraction)
   tempered = _tempered_params(params, beta, base_bias)
-  c_cond = sampling.conditional_coefficients(params, state, routing)
-  h, _ = energies.sample_hidden(key_h, tempered, v, c_cond)
-  proposal, mean = energies.sample_visible(key_v, tempered, h, c_cond)
-  if not routing.routed:  # c' = c: every proposal is accepted
-    return (sampling.ChainState(proposal, c),
-            sampling.gibbs_info(h, mean, proposal))
-  c_new = routing_lib.route_visible(params, proposal, routing)
-  log_ratio = sampling.mh_log_ratio(tempered, v, proposal, h, c, c_new)
-  state, acceptance, accept = sampling.metropolis_accept(
-      key_u, log_ratio, state, sampling.ChainState(proposal, c_new))
-  return state, sampling.ChainInfo(h, mean, acceptance, accept)
+  if routing.routed:
+    return sampling.mh_transition(key, state, tempered, routing,
+                                  routing_params=params, input_scale=beta,
+                                  block_fraction=block_fraction)
+  # c' = c: every proposal is accepted (a Gibbs step of the tempered RBM).
+  key_h, key_v, _ = jax.random.split(key, 3)
+  c = sampling.conditional_coefficients(params, state, routing)
+  h, _ = energies.sample_hidden(key_h, tempered, state.v, c)
+  proposal, mean = energies.sample_visible(key_v, tempered, h, c)
+  new = state._replace(v=proposal)
+  if state.inputs is not None:
+    new = new._replace(inputs=energies.hidden_input(params, proposal, c))
+  return new, sampling.gibbs_info(h, mean, proposal)
 
 
 def _log_mean_exp_stats(log_w):
@@ -366,7 +371,7 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
         num_runs: int,
         base_bias: Optional[jax.Array] = None,
         betas: Optional[jax.Array] = None,
-        visible: str = "bernoulli") -> AISResult:
+        visible: str = "bernoulli", block_fraction: float = 1.0) -> AISResult:
   """Estimates log Z of the routed model (docs/model.md sections 4, 7) by
   AIS.
 
@@ -388,6 +393,8 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
     betas: (num_betas,) increasing from exactly 0 to exactly 1; default
       `beta_schedule(num_betas)`.
     visible: only "bernoulli" is supported.
+    block_fraction: the MH transitions' proposal block (`capsjax.mh`);
+      static.
 
   Returns:
     An `AISResult`. `log_z_std` is the delta-method standard error
@@ -406,19 +413,17 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
   key_init, key_run = jax.random.split(key)
   v0 = jax.random.bernoulli(key_init, jax.nn.sigmoid(base_bias),
                             (num_runs, nv, dv)).astype(dtype)
-  state = sampling.ChainState(
-      v0, routing_lib.route_visible(params, v0, routing))
+  state = sampling.chain_at(params, v0, routing)
   log_z_base = _log_z_base(base_bias, nh * dh)
 
   def body(carry, xs):
     state, log_w = carry
     key, beta_prev, beta = xs
-    log_w = log_w + _log_weight_increment(
-        params, state.v,
-        sampling.conditional_coefficients(params, state, routing),
-        beta_prev, beta, base_bias)
+    log_w = log_w + _log_weight_increment(params, state, routing, beta_prev,
+                                          beta, base_bias)
     state, info = tempered_mh_step(key, state, params, beta, base_bias,
-                                   routing=routing)
+                                   routing=routing,
+                                   block_fraction=block_fraction)
     return (state, log_w), jnp.mean(info.acceptance_rate)
 
   # Transitions at the intermediate betas only; the last increment (to
@@ -427,10 +432,8 @@ def ais(key, params, routing: routing_lib.Routing, *, num_betas: int,
   log_w = jnp.zeros((num_runs,), dtype)
   (state, log_w), rates = jax.lax.scan(
       body, (state, log_w), (keys, betas[:-2], betas[1:-1]))
-  log_w = log_w + _log_weight_increment(
-      params, state.v,
-      sampling.conditional_coefficients(params, state, routing),
-      betas[-2], betas[-1], base_bias)
+  log_w = log_w + _log_weight_increment(params, state, routing, betas[-2],
+                                        betas[-1], base_bias)
 
   log_mean_w, log_z_std, ess = _log_mean_exp_stats(log_w)
   # No transitions (num_betas == 2): no acceptance to report.
@@ -471,7 +474,8 @@ class ReverseAISResult(NamedTuple):
 def reverse_ais(key, params, v: jax.Array, routing: routing_lib.Routing, *,
                 num_betas: int, base_bias: Optional[jax.Array] = None,
                 betas: Optional[jax.Array] = None,
-                visible: str = "bernoulli") -> ReverseAISResult:
+                visible: str = "bernoulli", block_fraction: float = 1.0
+                ) -> ReverseAISResult:
   """RAISE: a conservative estimate of log p(v) for each example of `v`.
 
   One annealing chain per example (repeat `v` for more), started at the
@@ -494,6 +498,8 @@ def reverse_ais(key, params, v: jax.Array, routing: routing_lib.Routing, *,
     betas: (num_betas,) increasing from exactly 0 to exactly 1; default
       `beta_schedule(num_betas)`.
     visible: only "bernoulli" is supported.
+    block_fraction: the MH transitions' proposal block (`capsjax.mh`);
+      static.
   """
   routing_lib.check_routing(routing)
   _bernoulli_only("reverse_ais", visible)
@@ -501,18 +507,17 @@ def reverse_ais(key, params, v: jax.Array, routing: routing_lib.Routing, *,
   _, nh, dh, _ = validation.param_shapes(params)
   base_bias, betas = _annealing_path(params, num_betas, base_bias, betas)
   v = v.astype(base_bias.dtype)
-  state = sampling.ChainState(v, routing_lib.route_visible(params, v, routing))
+  state = sampling.chain_at(params, v, routing)
   neg_f = -energies.free_energy(params, v, state.coefficients)
 
   def body(carry, xs):
     state, inc = carry
     key, beta_lo, beta_hi = xs
     state, info = tempered_mh_step(key, state, params, beta_hi, base_bias,
-                                   routing=routing)
-    inc = inc + _log_weight_increment(
-        params, state.v,
-        sampling.conditional_coefficients(params, state, routing),
-        beta_lo, beta_hi, base_bias)
+                                   routing=routing,
+                                   block_fraction=block_fraction)
+    inc = inc + _log_weight_increment(params, state, routing, beta_lo,
+                                      beta_hi, base_bias)
     return (state, inc), jnp.mean(info.acceptance_rate)
 
   # k = K .. 1: the transition at beta_k, then inc_{k-1} at the new state.

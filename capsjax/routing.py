@@ -30,11 +30,16 @@ from capsjax import validation
 # Inside the square root so that squash and its gradient are finite at s = 0.
 SQUASH_EPS = 1e-12
 
-# Bytes of votes per chunk of the batch. A few MB stays in the L2/L3 cache
-# through the iterations; measured best at 2-4 MB on a 2-core AMD EPYC
-# (32 MB L3) for 100 KB (49x16 -> 32x16) and 737 KB (1152x8 -> 10x16)
-# votes per example.
-CHUNK_BYTES = 3 * 2 ** 20
+# On a CPU a batch whose votes exceed CHUNK_ABOVE_BYTES is routed in chunks
+# of about CHUNK_BYTES of votes, which stay in cache through the iterations.
+# Below it one pass over the whole batch is faster (no lax.map loop, no
+# padding). Measured (benchmarks/cd_benchmark.py, docs/results.md section
+# 7.5) on a 2-core Xeon with 2 MB of L2 per core: 49x16 -> 32x16 at batch
+# 100 (10 MB of votes) is fastest unchunked, at batch 1,000 (100 MB) and
+# Sabour's 1152x8 -> 10x16 at batch 128 (90 MB) in 4-8 MB chunks, 1.5-2.3x
+# faster than unchunked.
+CHUNK_ABOVE_BYTES = 16 * 2 ** 20
+CHUNK_BYTES = 8 * 2 ** 20
 
 
 def squash(s: jax.Array, axis: int = -1) -> jax.Array:
@@ -189,11 +194,12 @@ def _route_chunk(u, routing, stop_inner_gradients):
                        * _inverse_norm(s)[..., None]).astype(logits.dtype)
     return logits + _agreement(votes_for_logits, squash(s))
 
-  # Static trip count: lax lowers it to a scan, so reverse-mode AD works.
-  # zeros_like keeps the votes' sharding, so that the loop carry has one
-  # type under explicit sharding.
+  # Static trip count, unrolled: a rolled loop carries the votes through a
+  # while loop, and XLA copies them into the loop's layout (measured 1.5x
+  # slower at r = 3). zeros_like keeps the votes' sharding, so that the
+  # logits have one type under explicit sharding.
   logits = lax.fori_loop(0, routing.num_iterations - 1, update,
-                         jnp.zeros_like(u[..., 0]))
+                         jnp.zeros_like(u[..., 0]), unroll=True)
   c = coefficients(logits)
   return logits, c, _weighted_votes(c, u)
 
@@ -207,10 +213,10 @@ def _chunk_size(x, bytes_per_example):
   reshape into chunks would have to re-shard it; each device's part is
   already smaller).
   """
-  if jax.default_backend() != "cpu" or _sharding.is_sharded(x):
+  if (jax.default_backend() != "cpu" or _sharding.is_sharded(x)
+      or x.shape[0] * bytes_per_example <= CHUNK_ABOVE_BYTES):
     return None
-  max_chunk = max(1, CHUNK_BYTES // max(1, bytes_per_example))
-  return None if x.shape[0] <= max_chunk else max_chunk
+  return max(1, CHUNK_BYTES // max(1, bytes_per_example))
 
 
 def _map_batch(f, x, bytes_per_example):

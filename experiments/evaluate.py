@@ -65,6 +65,11 @@ _FD_STEPS = flags.DEFINE_integer("frechet_steps", 1_000, "Gibbs steps of each "
                                  "sampling chain.", lower_bound=1)
 _FD_MH = flags.DEFINE_bool("frechet_mh", False, "MH-corrected sampling "
                            "chains.")
+_BLOCK = flags.DEFINE_float(
+    "ais_block_fraction", 1.0, "The AIS and reverse-AIS MH transitions "
+    "propose new states for this random fraction of the lower capsules "
+    "(capsjax.mh's block_fraction; 1: the whole image). Routed layers only.",
+    lower_bound=0.0, upper_bound=1.0)
 _REVERSE = flags.DEFINE_integer(
     "reverse_ais_examples", None, "Test examples (a seeded random subset) of "
     "reverse AIS, one chain each, with the AIS preset's betas and base model "
@@ -88,7 +93,8 @@ def main(argv):
       probe_train_examples=_PROBE.value, num_clusters=_CLUSTERS.value,
       batch_size=_BATCH.value, seed=_SEED.value,
       frechet_samples=_FD_SAMPLES.value, frechet_steps=_FD_STEPS.value,
-      frechet_mh=_FD_MH.value, reverse_ais_examples=_REVERSE.value)
+      frechet_mh=_FD_MH.value, reverse_ais_examples=_REVERSE.value,
+      ais_block_fraction=_BLOCK.value)
   results = suite.evaluate(config, front_end, int(state.step),
                            factories.model_params(config, state), d,
                            settings, classifier=clf)

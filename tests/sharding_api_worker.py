@@ -99,6 +99,7 @@ def assert_close(got, want, what):
 def main():
   assert jax.device_count() == 8, jax.devices()
   routing_lib.CHUNK_BYTES = 3 * 4 * 4 * 6 * 4 * 3  # 3 examples a chunk
+  routing_lib.CHUNK_ABOVE_BYTES = 0
   key = jax.random.key(0)
   params = capsjax.init_params(key, 4, 3, 4, 6, weight_std=1.0)
   v = jax.random.bernoulli(jax.random.key(1), 0.4, (BATCH, 4, 3)).astype(

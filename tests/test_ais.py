@@ -288,7 +288,10 @@ def uncorrected_frequencies(params, base, states, p, r, beta, steps):
   return total / steps
 
 
-def test_tempered_step_leaves_p_beta_invariant():
+@pytest.mark.parametrize("block_fraction", [1.0, 0.5])
+def test_tempered_step_leaves_p_beta_invariant(block_fraction):
+  """Whole-image proposals, and blocks of half the capsules (capsjax.mh's
+  `block_fraction`), each exact for p_beta."""
   params, base, states, p = tiny_tempered_layer()
   base_j = jnp.asarray(base, jnp.float32)
 
@@ -299,7 +302,8 @@ def test_tempered_step_leaves_p_beta_invariant():
         jax.random.choice(key0, 16, (INV_CHAINS,), p=jnp.asarray(p))]
     def body(state, k):
       state, info = capsjax.tempered_mh_step(k, state, params, INV_BETA,
-                                             base_j, routing=Routing(3))
+                                             base_j, routing=Routing(3),
+                                             block_fraction=block_fraction)
       return state, (state_index(state.v), jnp.mean(info.acceptance_rate))
     _, (idx, acc) = jax.lax.scan(body,
                                  capsjax.mh(Routing(3)).init(params, v0),

@@ -54,7 +54,7 @@ def compile_counter():
     # The shared-coefficient (plain RBM) path: its persistent chain must
     # keep the batched shape `init` gave it, through the scan and the MH step.
     (1, True, True),
-    (3, False, False),  # chunked routing
+    (3, False, False),  # routed
 ])
 def test_train_step_compiles_once(compile_counter, num_iterations,
                                   persistent, mh):
@@ -96,6 +96,7 @@ def test_train_step_compiles_once(compile_counter, num_iterations,
 def small_chunks(monkeypatch):
   """Routes in chunks of 2 examples, so batches of 5 are padded and looped."""
   monkeypatch.setattr(routing, "CHUNK_BYTES", 2 * NV * NH * DH * 4)
+  monkeypatch.setattr(routing, "CHUNK_ABOVE_BYTES", 0)
 
 
 @pytest.mark.parametrize("r", [1, 2, 3])
@@ -116,6 +117,33 @@ def test_chunked_routing_equals_procedure_1(small_chunks, r):
                              atol=1e-6)
   s = np.einsum("bij,bijk->bjk", expected, u)
   np.testing.assert_allclose(two_step.inputs, s, rtol=1e-5, atol=1e-5)
+
+
+def test_routing_chunks_only_large_batches_on_a_cpu(monkeypatch):
+  """The CPU cache trick is conditional: a batch whose votes fit
+  `CHUNK_ABOVE_BYTES` is routed at once, a larger one in chunks, and on a
+  GPU or TPU (where `lax.map` would run the chunks one after another) never;
+  that accelerator path, run here, gives the chunked path's numbers."""
+  per_example = 49 * 32 * 16 * 4  # 49x16 -> 32x16 float32 votes
+  x = jnp.zeros((100, 49, 16))
+  assert routing._chunk_size(x, per_example) is None  # 10 MB: at once
+  big = jnp.zeros((1000, 49, 16))
+  chunk = routing._chunk_size(big, per_example)
+  assert chunk is not None and chunk * per_example <= routing.CHUNK_BYTES
+
+  params = _params(3)
+  v = _binary(7, (5, NV, DV))
+  r3 = capsjax.Routing(3)
+  monkeypatch.setattr(routing, "CHUNK_ABOVE_BYTES", 0)
+  monkeypatch.setattr(routing, "CHUNK_BYTES", 2 * NV * NH * DH * 4)
+  assert routing._chunk_size(v, NV * NH * DH * 4) == 2
+  chunked = capsjax.route_from_visible(params, v, r3)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert routing._chunk_size(v, NV * NH * DH * 4) is None
+  assert routing._chunk_size(big, per_example) is None
+  at_once = capsjax.route_from_visible(params, v, r3)
+  for got, want in zip(at_once, chunked):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_routing_gradient_and_vmap(small_chunks):

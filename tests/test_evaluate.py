@@ -35,7 +35,8 @@ TOP_KEYS = {"step", "num_test_examples", "log_likelihood",
             "config",
             "wall_time_s", "platform"}
 LL_KEYS = {"test_log_prob_mean", "test_log_prob_sem", "log_z", "log_z_std",
-           "log_z_base", "ess", "acceptance_rate", "reliable", "reverse_ais"}
+           "log_z_base", "ess", "acceptance_rate", "reliable", "reverse_ais",
+           "mh_block_fraction"}
 REVERSE_KEYS = {"computed", "test_log_prob_mean", "test_log_prob_sem",
                 "num_examples", "forward_test_log_prob_mean",
                 "forward_test_log_prob_sem", "forward_minus_reverse",

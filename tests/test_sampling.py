@@ -22,6 +22,7 @@ import pytest
 
 import capsjax
 from capsjax import Routing
+from capsjax import sampling
 from tests import reference as ref
 
 # The tiny routed layer of the statistical tests: 2 visible capsules of 2
@@ -217,6 +218,39 @@ def _reference_acceptance(params, v, v_new, h, r):
   return min(1.0, float(np.exp(log_ratio)))
 
 
+def test_blocked_log_ratio_matches_definition(tiny):
+  """The blocked proposal's log acceptance ratio against its definition:
+  log pi(v', h) - log pi(v, h) + log q_B(v | h, c') - log q_B(v' | h, c),
+  with q_B the product over the block's capsules of p(v_i | h; c)."""
+  params, _ = tiny
+  rng = np.random.default_rng(11)
+  W = np.asarray(params["W"], np.float64)
+  a = np.asarray(params["a"], np.float64)
+  c_of = lambda x: ref.route(ref.predictions(W, x), ROUTED)
+  for _ in range(8):
+    v = rng.integers(0, 2, (NV, DV)).astype(np.float64)
+    h = rng.integers(0, 2, (NH, DH)).astype(np.float64)
+    block = np.array([1.0, 0.0])[:, None]  # capsule 0 proposed, 1 kept
+    v_new = v.copy()
+    v_new[0] = rng.integers(0, 2, DV)
+    c, c_new = c_of(v), c_of(v_new)
+
+    def log_q(x, cc):  # capsule 0 only
+      pre = a[0] + np.einsum("jk,jkl->l", cc[0][:, None] * h, W[0])
+      return float(np.sum(x[0] * pre - np.logaddexp(0.0, pre)))
+
+    expected = (-ref.energy(params, v_new, h, c_new)
+                + ref.energy(params, v, h, c)
+                + log_q(v, c_new) - log_q(v_new, c))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    x = capsjax.visible_input(params, f32(h), f32(c))
+    x_new = capsjax.visible_input(params, f32(h), f32(c_new))
+    got = sampling._log_ratio_from_inputs(  # pylint: disable=protected-access
+        params, f32(v), f32(v_new), f32(h), x, x_new, "bernoulli",
+        f32(block))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def batch(tiny):
   """64 chains of the tiny layer at random states, and one MH step from them."""
@@ -286,6 +320,22 @@ class TestConvergence:
           f"{tv(frequencies['gibbs'], pi):.4f}")
     assert tv(pi, p) > 0.2  # the exact bias on this layer (0.30)
     assert tv(frequencies["gibbs"], pi) < tv_bound(pi, NUM_CHAINS)
+
+  def test_blocked_mh_chain_samples_routed_model(self, tiny):
+    """Proposals for a random half of the capsules: still exact, and
+    accepted more often than whole-image proposals."""
+    params, p = tiny
+    kernel = capsjax.mh(Routing(ROUTED), block_fraction=0.5)
+    freq = visit_frequencies(jax.random.key(8), params, kernel=kernel)
+    print(f"\nTV(MH, blocks of half the capsules, p) = {tv(freq, p):.4f} "
+          f"(bound {tv_bound(p, NUM_CHAINS):.4f})")
+    assert tv(freq, p) < tv_bound(p, NUM_CHAINS)
+    state = init_chain(kernel, params, random_bits(3, (512, NV, DV)))
+    rates = {}
+    for name, k in (("block", kernel), ("whole", MH)):
+      _, info = kernel_step(k, jax.random.key(9), state, params)
+      rates[name] = float(jnp.mean(info.acceptance_rate))
+    assert rates["block"] > rates["whole"]
 
   @pytest.mark.parametrize("rule,t", [("cosine", 0.2), ("normalized", 1.0)])
   def test_mh_chain_samples_scale_free_rules(self, rule, t):

@@ -199,6 +199,8 @@ def test_0_1_checkpoint_with_the_temperature_in_params_resumes(
     ("patch_size", 5, r"config.patch_size = 5: capsule patches must tile"),
     ("binarize", "otsu", r"config.binarize = 'otsu'"),
     ("routing_rule", "em", r"config.routing_rule = 'em': must be one of"),
+    ("mh_block_fraction", 0.5, r"config.mh_block_fraction = 0.5: applies "
+     "to MH chains"),
 ])
 def test_bad_config_values_are_rejected_before_training(
     data_dir, tmp_path, field, value, message):

@@ -96,6 +96,9 @@ def get_config():
   # (0.01 is theirs); 0 = off. The params stay the ordinary ones.
   config.centering = 0.0
   config.mh = False
+  # With mh: the expected fraction of the lower capsules each MH step
+  # proposes to resample (capsjax.mh's block_fraction; 1 = the whole image).
+  config.mh_block_fraction = 1.0
   config.reroute = True
   config.through_routing = False
   config.mean_field_negative = False

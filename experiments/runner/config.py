@@ -81,6 +81,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       fail(field, "must be >= 0")
   if config.weight_scale not in ("none", "num_hidden_capsules"):
     fail("weight_scale", "must be 'none' or 'num_hidden_capsules'")
+  if not 0 < config.mh_block_fraction <= 1:
+    fail("mh_block_fraction", "must be in (0, 1]")
+  if config.mh_block_fraction != 1 and not config.mh:
+    fail("mh_block_fraction", "applies to MH chains: set config.mh = True")
   if config.mh and config.mean_field_negative:
     fail("mean_field_negative", "cannot be combined with config.mh")
   if config.through_routing and not config.mh and config.num_iterations > 1:

@@ -31,7 +31,7 @@ def make_kernel(config) -> capsjax.Kernel:
   if config.tempering_rungs:
     return capsjax.tempering(routing, tempering_betas(config))
   if config.mh:
-    return capsjax.mh(routing)
+    return capsjax.mh(routing, block_fraction=config.mh_block_fraction)
   return capsjax.gibbs(routing, reroute=config.reroute)
 
 

@@ -37,14 +37,16 @@ MIN_ESS = capsjax.MIN_ESS
 
 
 _ais = jax.jit(capsjax.ais, static_argnums=2,
-               static_argnames=("num_betas", "num_runs"))
+               static_argnames=("num_betas", "num_runs", "block_fraction"))
 
 
 def run_ais(key, params, routing: capsjax.Routing, bias, *, num_betas: int,
-            num_runs: int) -> dict:
-  """AIS log Z with its diagnostics and the reliability flag."""
+            num_runs: int, block_fraction: float = 1.0) -> dict:
+  """AIS log Z with its diagnostics and the reliability flag
+  (`block_fraction`: the MH transitions' proposal block, `capsjax.mh`)."""
   result = _ais(key, params, routing, num_betas=num_betas,
-                num_runs=num_runs, base_bias=bias)
+                num_runs=num_runs, base_bias=bias,
+                block_fraction=block_fraction)
   ess = float(result.ess)
   return {"log_z": float(result.log_z),
           "log_z_std": float(result.log_z_std),
@@ -70,10 +72,11 @@ REVERSE_AIS_TOLERANCE = 3.0
 
 
 @functools.partial(jax.jit, static_argnums=3,
-                   static_argnames=("num_betas",))
-def _reverse_ais_batch(key, params, v, routing, bias, *, num_betas):
+                   static_argnames=("num_betas", "block_fraction"))
+def _reverse_ais_batch(key, params, v, routing, bias, *, num_betas,
+                       block_fraction):
   return capsjax.reverse_ais(key, params, v, routing, num_betas=num_betas,
-                             base_bias=bias)
+                             base_bias=bias, block_fraction=block_fraction)
 
 
 def reverse_ais_subset(key, num_test: int, num_examples: int) -> np.ndarray:
@@ -85,7 +88,8 @@ def reverse_ais_subset(key, num_test: int, num_examples: int) -> np.ndarray:
 
 def reverse_ais_log_probs(key, params, v: np.ndarray,
                           routing: capsjax.Routing, bias, *, num_betas: int,
-                          batch_size: int) -> tuple[np.ndarray, float]:
+                          batch_size: int, block_fraction: float = 1.0
+                          ) -> tuple[np.ndarray, float]:
   """RAISE estimates of log p(v) (N,), one chain per example, and the mean
   MH acceptance. Batches of `batch_size` (`data.batched`: the last padded
   with zeros, whose chains are dropped); batch i runs from fold_in(key, i)."""
@@ -93,7 +97,8 @@ def reverse_ais_log_probs(key, params, v: np.ndarray,
 
   def batch_log_probs(batch):
     result = _reverse_ais_batch(jax.random.fold_in(key, len(rates)), params,
-                                batch, routing, bias, num_betas=num_betas)
+                                batch, routing, bias, num_betas=num_betas,
+                                block_fraction=block_fraction)
     rates.append(float(result.acceptance_rate))
     return result.log_prob
 

@@ -54,6 +54,8 @@ class Settings(NamedTuple):
   # Test examples of reverse AIS; None: REVERSE_AIS_EXAMPLES by routing;
   # 0: skip it.
   reverse_ais_examples: int | None = None
+  # The AIS transitions' MH proposal block (capsjax.mh's block_fraction).
+  ais_block_fraction: float = 1.0
 
 
 def ais_size(settings: Settings) -> tuple[int, int]:
@@ -104,13 +106,15 @@ def evaluate(config, front_end: visible.FrontEnd, step: int, params,
                  keys["base"], bs)
     logging.info("AIS with %d betas x %d runs", num_betas, num_runs)
     ais = timed("ais", likelihood.run_ais, keys["ais"], params, r, bias,
-                num_betas=num_betas, num_runs=num_runs)
+                num_betas=num_betas, num_runs=num_runs,
+                block_fraction=settings.ais_block_fraction)
     log_p = timed("log_prob", likelihood.log_probs, params, test_v, r,
                   ais["log_z"], bs)
     log_likelihood = {
         "test_log_prob_mean": float(np.mean(log_p)),
         # Spread over test examples (sem); log Z's own error is log_z_std.
         "test_log_prob_sem": float(np.std(log_p, ddof=1) / np.sqrt(n_test)),
+        "mh_block_fraction": settings.ais_block_fraction,
         **ais,
     }
     n_reverse = likelihood.reverse_ais_size(settings, r)
@@ -121,7 +125,8 @@ def evaluate(config, front_end: visible.FrontEnd, step: int, params,
                    num_betas, len(subset))
       reverse_log_p, reverse_rate = timed(
           "reverse_ais", likelihood.reverse_ais_log_probs, chain_key, params,
-          test_v[subset], r, bias, num_betas=num_betas, batch_size=bs)
+          test_v[subset], r, bias, num_betas=num_betas, batch_size=bs,
+          block_fraction=settings.ais_block_fraction)
       reverse = likelihood.reverse_ais_report(
           reverse_log_p, log_p[subset], indices=subset, num_betas=num_betas,
           acceptance_rate=reverse_rate)
