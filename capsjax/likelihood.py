@@ -255,10 +255,8 @@ def tempered_mh_step(key, state: sampling.ChainState, params, beta,
   c = sampling.conditional_coefficients(params, state, routing)
   h, _ = energies.sample_hidden(key_h, tempered, state.v, c)
   proposal, mean = energies.sample_visible(key_v, tempered, h, c)
-  new = state._replace(v=proposal)
-  if state.inputs is not None:
-    new = new._replace(inputs=energies.hidden_input(params, proposal, c))
-  return new, sampling.gibbs_info(h, mean, proposal)
+  return (sampling.moved_keeping_coefficients(params, state, proposal, c),
+          sampling.gibbs_info(h, mean, proposal))
 
 
 def _log_mean_exp_stats(log_w):

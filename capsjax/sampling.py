@@ -94,6 +94,18 @@ def without_inputs(state):
   return state
 
 
+def moved_keeping_coefficients(params, state: ChainState, v, c
+                               ) -> ChainState:
+  """`state` moved to `v` with its coefficients kept (whatever their
+  shape, broadcast to v's batch) and, if it carries s, s(v; c) for the
+  conditionals' `c` (for uniform routing the shared matrix)."""
+  new = ChainState(v, jnp.broadcast_to(
+      state.coefficients, v.shape[:-2] + state.coefficients.shape[-2:]))
+  if state.inputs is not None:
+    new = new._replace(inputs=energies.hidden_input(params, v, c))
+  return new
+
+
 def state_input(params, state: ChainState, c) -> jax.Array:
   """`s(state.v; c)`: the carried `state.inputs`, or computed."""
   if state.inputs is not None:
@@ -156,11 +168,8 @@ class _GibbsStep:
                                       visible=self.visible)
     if self.reroute and self.routing.routed:
       new = _like(state, chain_at(params, v, self.routing))
-    else:  # c is unchanged (or uniform): keep the state's, whatever its shape
-      new = ChainState(v, jnp.broadcast_to(
-          state.coefficients, v.shape[:-2] + state.coefficients.shape[-2:]))
-      if state.inputs is not None:
-        new = new._replace(inputs=energies.hidden_input(params, v, c))
+    else:  # c is unchanged (or uniform)
+      new = moved_keeping_coefficients(params, state, v, c)
     return new, gibbs_info(h, mean, v)
 
 

@@ -22,15 +22,17 @@ from experiments.runner import data as data_io
 
 @functools.partial(jax.jit, static_argnums=2)
 def _reconstruction_batch(params, v, routing):
-  c = capsjax.route_visible(params, v, routing)
-  return jnp.mean(jnp.square(v - capsjax.reconstruct(params, v, c)),
-                  axis=(-2, -1))
+  routed = capsjax.route_from_visible(params, v, routing)
+  h = jax.nn.sigmoid(params["b"] + routed.inputs)  # p(h | v; c(v))
+  m = capsjax.visible_probs(params, h, routed.coefficients)
+  return jnp.mean(jnp.square(v - m), axis=(-2, -1))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _features_batch(params, v, routing):
-  c = capsjax.route_visible(params, v, routing)
-  h = capsjax.hidden_probs(params, v, c)
+  # Routing's final weighted sum is the hidden input s(v; c(v)).
+  h = jax.nn.sigmoid(params["b"] + capsjax.route_from_visible(
+      params, v, routing).inputs)
   return h.reshape(h.shape[0], -1)
 
 
